@@ -1,0 +1,233 @@
+"""Scoped activation capture: hook only the layers asked for, stop the forward early.
+
+``Capture`` registers forward hooks on exactly the named modules and removes them
+on exit (also on errors and KeyboardInterrupt); the user's own hooks are never
+touched. After :meth:`Capture.plan` has run one dry forward, every later forward
+stops as soon as the last needed module call has fired (a truncated forward), so
+an early layer does not pay for the rest of the network.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+from functools import partial
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import FvisError, suggest
+
+OUTPUT = "output"  # alias for the model's output
+_SELECTOR = re.compile(r"^(?P<base>.*?)(?:\[(?P<key>[^\[\]]+)\])?$")
+
+
+class _StopForward(BaseException):
+    """Raised by the last needed hook; BaseException so model code's `except Exception` cannot eat it."""
+
+
+def named_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Layer names as the user knows them: ``named_modules()`` of the wrapped network."""
+    net = model.net if getattr(model, "fvis_wrapper", False) else model
+    return {name: m for name, m in net.named_modules() if name}
+
+
+def split_selector(name: str) -> tuple[str, str | int | None]:
+    """``"blocks.3[0]" -> ("blocks.3", 0)``; ``"attn[hidden]" -> ("attn", "hidden")``."""
+    m = _SELECTOR.match(name.strip())
+    key = m.group("key")
+    if key is not None and key.lstrip("-").isdigit():
+        key = int(key)
+    return m.group("base"), key
+
+
+def resolve_layers(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module | None]:
+    """Map each base layer name to its module (``None`` for the output alias); unknown names fail."""
+    layers = named_layers(model)
+    out: dict[str, nn.Module | None] = {}
+    for name in names:
+        base, _ = split_selector(name)
+        if base == OUTPUT:
+            out[base] = None
+        elif base in layers:
+            out[base] = layers[base]
+        else:
+            raise FvisError(f"unknown layer {base!r}.{suggest(base, list(layers) + [OUTPUT])} "
+                            f"(`fvis layers MODEL` lists them)")
+    return out
+
+
+def first_tensor(value: Any) -> torch.Tensor:
+    """The tensor a layer name stands for when its module returns a tuple/list/dict."""
+    if isinstance(value, torch.Tensor):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else ()
+    for v in items:
+        if isinstance(v, torch.Tensor):
+            return v
+    raise FvisError(f"layer output of type {type(value).__name__} holds no tensor")
+
+
+def _select(value: Any, key: str | int | None, name: str) -> torch.Tensor:
+    if key is None:
+        return first_tensor(value)
+    try:
+        return first_tensor(value[key] if not isinstance(key, str) or isinstance(value, dict) else getattr(value, key))
+    except (KeyError, IndexError, AttributeError, TypeError):
+        raise FvisError(f"layer {name!r}: output of type {type(value).__name__} has no element [{key}]") from None
+
+
+def _protect(value: Any) -> Any:
+    """Clone tensors so later in-place ops (e.g. ``ReLU(inplace=True)``) cannot change what we captured."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
+        return type(value)(*(_protect(v) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_protect(v) for v in value)
+    if isinstance(value, dict):
+        out = value.copy()
+        for k, v in value.items():
+            out[k] = _protect(v)
+        return out
+    return value
+
+
+class Activations:
+    """What one forward captured: ``acts["layer"]``, ``acts["layer[0]"]``, ``acts["output"]``.
+
+    A module called several times in one forward maps to its *last* call;
+    :meth:`calls` returns every call in order.
+    """
+
+    def __init__(self, store: dict[str, list], output: Any, batch: int):
+        self._store, self.output, self.batch = store, output, batch
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        base, key = split_selector(name)
+        return _select(self._raw(base), key, name)
+
+    def calls(self, name: str) -> list[torch.Tensor]:
+        base, key = split_selector(name)
+        return [_select(v, key, name) for v in self._store.get(base, [])]
+
+    def _raw(self, base: str) -> Any:
+        if base == OUTPUT:
+            if self.output is None:
+                raise FvisError("the model output was not computed (truncated forward)")
+            return self.output
+        if not self._store.get(base):
+            raise FvisError(f"layer {base!r} did not run in the forward pass")
+        return self._store[base][-1]
+
+
+class Capture:
+    """Hook exactly ``layers`` of ``model`` while in the ``with`` block.
+
+    >>> with Capture(model, ["blocks.3"]) as cap:
+    ...     cap.plan(x)             # one dry forward: validates, counts calls
+    ...     acts = cap.forward(x)   # stops right after blocks.3 has fired
+    ...     acts["blocks.3"].shape
+    """
+
+    def __init__(self, model: nn.Module, layers: Iterable[str], truncate: bool = True):
+        self.model = model
+        self.modules = resolve_layers(model, set(layers))
+        self.truncate = truncate
+        self._handles: list = []
+        self._store: dict[str, list] = {}
+        self._calls_needed: int | None = None  # set by plan()
+        self._calls_seen = 0
+
+    @property
+    def truncated(self) -> bool:
+        return self._calls_needed is not None
+
+    def __enter__(self) -> "Capture":
+        try:
+            for name, module in self.modules.items():
+                if module is not None:
+                    self._handles.append(module.register_forward_hook(partial(self._hook, name)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
+        self._store.setdefault(name, []).append(_protect(output))
+        self._calls_seen += 1
+        if self._calls_seen == self._calls_needed:
+            raise _StopForward
+
+    def forward(self, x: Any) -> Activations:
+        """Run the model on ``x`` and return what the hooked layers produced."""
+        self._store, self._calls_seen = {}, 0
+        try:
+            output = self.model(x)
+        except _StopForward:
+            output = None
+        return Activations(self._store, output, _batch_size(x))
+
+    def plan(self, x: Any) -> Activations:
+        """One dry forward without gradients: counts the needed calls and enables truncation."""
+        self._calls_needed = None
+        with torch.no_grad():
+            acts = self.forward(x)
+        needs_output = any(m is None for m in self.modules.values())
+        if self.truncate and not needs_output and self._calls_seen > 0:
+            self._calls_needed = self._calls_seen
+        return acts
+
+
+def _batch_size(x: Any) -> int:
+    return first_tensor(x).shape[0] if not isinstance(x, torch.Tensor) else x.shape[0]
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and ``requires_grad=False`` inside; every module's mode and every flag restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def output_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, Any]]:
+    """``(name, type, output shape or None)`` for every module, from one dry forward."""
+    names = list(named_layers(model))
+    with frozen(model), Capture(model, names, truncate=False) as cap:
+        acts = cap.plan(x)
+    rows = []
+    for name, module in named_layers(model).items():
+        raw = acts._store.get(name)
+        shape = None
+        if raw:
+            shape = _shape_of(raw[-1])
+        rows.append((name, type(module).__name__, shape))
+    return rows
+
+
+def _shape_of(value: Any):
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, dict):
+        return {k: _shape_of(v) for k, v in value.items() if isinstance(v, (torch.Tensor, tuple, list, dict))}
+    if isinstance(value, (tuple, list)):
+        return [_shape_of(v) for v in value]
+    return None

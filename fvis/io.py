@@ -1,0 +1,129 @@
+"""Image and JSON I/O: atomic writes (never a truncated file), clear errors on unreadable input."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .errors import FvisError
+
+
+def _atomic_write(path: Path, write) -> Path:
+    """Write via a temp file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """``(C, H, W)`` float in [0, 1] -> uint8, rounding to nearest."""
+    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def save_image(image: torch.Tensor, path: str | Path) -> Path:
+    """Save ``(C, H, W)`` / ``(1, C, H, W)`` in [0, 1] as a lossless PNG, atomically."""
+    from torchvision.io import encode_png
+
+    if image.dim() == 4:
+        image = image[0]
+    data = encode_png(to_uint8(image)).numpy().tobytes()
+    return _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] | None = None, channels: int = 3) -> torch.Tensor:
+    """Read an image file as ``(C, H, W)`` float in [0, 1]; ``size`` resizes the short side and
+    centre-crops to ``(H, W)``. Unreadable files raise :class:`FvisError`."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2 import functional as F
+
+    path = Path(path)
+    try:
+        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+        image = decode_image(data, mode=mode).float() / 255
+    except FileNotFoundError:
+        raise FvisError(f"image not found: {path}") from None
+    except (OSError, RuntimeError, ValueError) as e:
+        raise FvisError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        image = F.center_crop(F.resize(image, [min(h, w)], antialias=True), [h, w])
+    return image
+
+
+def write_json(data, path: str | Path) -> Path:
+    text = json.dumps(data, indent=2, default=_jsonable).encode()
+    return _atomic_write(Path(path), lambda f: f.write(text + b"\n"))
+
+
+def _jsonable(v):
+    if isinstance(v, torch.Tensor):
+        return v.tolist()
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"not JSON serializable: {type(v).__name__}")
+
+
+def contact_sheet(images: Sequence[torch.Tensor], labels: Sequence[str], path: str | Path,
+                  columns: int | None = None, tile: int = 224) -> Path:
+    """A labelled grid of ``(C, H, W)`` images in [0, 1], saved as PNG."""
+    from PIL import Image, ImageDraw
+
+    n = len(images)
+    columns = columns or min(n, 6)
+    rows = (n + columns - 1) // columns
+    pad, text_h = 6, 28
+    sheet = Image.new("RGB", (columns * (tile + pad) + pad, rows * (tile + text_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        arr = to_uint8(img if img.shape[0] == 3 else img[:1].expand(3, -1, -1)).permute(1, 2, 0).numpy()
+        pil = Image.fromarray(arr).resize((tile, tile), Image.Resampling.LANCZOS)
+        x, y = pad + (i % columns) * (tile + pad), pad + (i // columns) * (tile + text_h + pad)
+        sheet.paste(pil, (x, y))
+        for j, line in enumerate(_wrap(label, tile // 6)[:2]):
+            draw.text((x, y + tile + 2 + 12 * j), line, fill="black")
+    return _atomic_write(Path(path), lambda f: sheet.save(f, format="PNG"))
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    return [text[i:i + width] for i in range(0, len(text), width)] or [""]
+
+
+def versions() -> dict[str, str]:
+    """Versions of fvis and the libraries that shape its output."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("fvis", "torch", "torchvision", "kornia", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove it is writable, before any long work starts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise FvisError(f"cannot write to output folder {folder}: {e.strerror or e}") from None
+    return folder

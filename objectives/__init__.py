@@ -1,0 +1,11 @@
+"""Objectives for fvis: per-item scores that the engine maximizes.
+
+>>> import objectives as obj
+>>> o = obj.channel("_blocks.3", 5) - 0.5 * obj.channel("_blocks.3", 7)
+>>> o = obj.batched([obj.class_logit("hummingbird"), obj.class_logit(94)])
+"""
+from .base import Objective, batched
+from .spec import parse
+from .vision import channel, class_logit, diversity, direction, layer, neuron
+
+__all__ = ["Objective", "batched", "parse", "channel", "class_logit", "diversity", "direction", "layer", "neuron"]

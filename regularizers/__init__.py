@@ -1,0 +1,11 @@
+"""Regularizers for fvis: each an optional input transform and/or a per-item penalty.
+
+>>> import regularizers as reg
+>>> regs = [reg.TransformRobustness(), reg.FrequencyPenalty(tv=0.25), reg.L1(0.05)]
+"""
+from .base import Regularizer
+from .penalties import L1, L2, FrequencyPenalty, LpPenalty, high_frequency_energy
+from .transforms import DEFAULT_SCALES, TransformRobustness
+
+__all__ = ["Regularizer", "L1", "L2", "LpPenalty", "FrequencyPenalty", "high_frequency_energy",
+           "TransformRobustness", "DEFAULT_SCALES"]
