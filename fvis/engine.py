@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .errors import FvisError
 from .hooks import Capture, frozen
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
@@ -22,7 +23,8 @@ class Result:
     ``input``: final ``param()`` (detached, CPU). ``values``: final objective per item ``(B,)``,
     measured on ``input`` without transforms. ``history``: per-term, per-step, per-item values,
     ``name -> (steps, B)`` (``"objective"`` total, each objective leaf, each penalty).
-    ``snapshots``: ``step -> input`` at the requested thresholds.
+    ``snapshots``: ``step -> input`` at the requested thresholds. ``seconds``: total wall time;
+    ``loop_seconds``: the steps alone.
     ``stopped``: ``None``, or why the run ended early (``"nan"``).
     """
 
@@ -33,12 +35,14 @@ class Result:
     seed: int
     steps: int
     seconds: float
+    loop_seconds: float = 0.0
     stopped: str | None = None
     extra: dict = field(default_factory=dict)
 
     @property
     def seconds_per_step(self) -> float:
-        return self.seconds / max(self.steps, 1)
+        """Wall time of the optimization steps alone (no set-up, no final evaluation)."""
+        return self.loop_seconds / max(self.steps, 1)
 
 
 def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regularizers: Sequence = (), *,
@@ -53,7 +57,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     ``requires_grad`` flags and hooks are restored afterwards, also on errors.
     """
     generator = torch.Generator().manual_seed(seed)
-    opt = OPTIMIZERS[optimizer](param.parameters(), lr=lr) if isinstance(optimizer, str) else optimizer(param.parameters())
+    opt = make_optimizer(optimizer, param.parameters(), lr)
     names = _unique_names(regularizers)
     layers = set(objective.layers).union(*(r.layers for r in regularizers))
     thresholds = set(thresholds)
@@ -66,7 +70,8 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
         objective.check(acts)
         for r in regularizers:
             r.check(acts)
-        last_good = _copy_state(param)
+        last_good = {k: v.detach().clone() for k, v in param.state_dict().items()}
+        loop_start = time.perf_counter()
         bar = tqdm(range(1, steps + 1), disable=not progress, desc="fvis", unit="step", leave=False)
         for step in bar:
             x = param()
@@ -83,7 +88,8 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                 warnings.warn(f"fvis: non-finite loss at step {step}; stopping and keeping step {done}'s input")
                 param.load_state_dict(last_good)
                 break
-            last_good = _copy_state(param)
+            for k, v in param.state_dict().items():  # this input gave a finite loss: keep it
+                last_good[k].copy_(v)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -94,16 +100,30 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
             if step in thresholds:
                 snapshots[step] = param().detach().cpu()
             bar.set_postfix(objective=f"{value.mean().item():.4g}")
+        loop_seconds = time.perf_counter() - loop_start
         with torch.no_grad():
             final = param().detach()
             values = objective(capture.forward(final)).detach().cpu()
     return Result(input=final.cpu(), values=values,
                   history={k: torch.stack(v) for k, v in history.items()}, snapshots=snapshots,
-                  seed=seed, steps=done, seconds=time.perf_counter() - start, stopped=stopped)
+                  seed=seed, steps=done, seconds=time.perf_counter() - start, loop_seconds=loop_seconds,
+                  stopped=stopped)
 
 
-def _copy_state(module: torch.nn.Module) -> dict:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+def make_optimizer(optimizer: str | Callable, params, lr: float) -> torch.optim.Optimizer:
+    """An optimizer by name (fused kernels where torch has them) or from a factory ``f(params)``."""
+    if callable(optimizer):
+        return optimizer(params)
+    if optimizer not in OPTIMIZERS:
+        raise FvisError(f"unknown optimizer {optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
+    params = list(params)
+    cls = OPTIMIZERS[optimizer]
+    if cls in (torch.optim.Adam, torch.optim.AdamW):
+        try:
+            return cls(params, lr=lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # fused not available for this device/dtype
+            pass
+    return cls(params, lr=lr)
 
 
 def _unique_names(regularizers) -> list[str]:

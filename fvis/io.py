@@ -36,30 +36,33 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> Path:
-    """Save ``(C, H, W)`` / ``(1, C, H, W)`` in [0, 1] as a lossless PNG, atomically."""
-    from torchvision.io import encode_png
+    """Save ``(C, H, W)`` / ``(1, C, H, W)`` in [0, 1] (C = 1 or 3) as a lossless PNG, atomically."""
+    from PIL import Image
 
     if image.dim() == 4:
         image = image[0]
-    data = encode_png(to_uint8(image)).numpy().tobytes()
-    return _atomic_write(Path(path), lambda f: f.write(data))
+    array = to_uint8(image).permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    return _atomic_write(Path(path), lambda f: pil.save(f, format="PNG"))
 
 
 def load_image(path: str | Path, size: int | tuple[int, int] | None = None, channels: int = 3) -> torch.Tensor:
     """Read an image file as ``(C, H, W)`` float in [0, 1]; ``size`` resizes the short side and
     centre-crops to ``(H, W)``. Unreadable files raise :class:`FvisError`."""
-    from torchvision.io import ImageReadMode, decode_image
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as F
 
     path = Path(path)
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
-        image = decode_image(data, mode=mode).float() / 255
+        with Image.open(path) as pil:
+            array = np.asarray(pil.convert("RGB" if channels == 3 else "L"))
     except FileNotFoundError:
         raise FvisError(f"image not found: {path}") from None
-    except (OSError, RuntimeError, ValueError) as e:
+    except (OSError, UnidentifiedImageError, ValueError) as e:
         raise FvisError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    image = torch.from_numpy(array.copy()).float().div(255)
+    image = image[None] if image.dim() == 2 else image.permute(2, 0, 1)
     if size is not None:
         h, w = (size, size) if isinstance(size, int) else size
         image = F.center_crop(F.resize(image, [min(h, w)], antialias=True), [h, w])

@@ -106,9 +106,9 @@ class FourierImage(Parameterization):
         self.spectrum = nn.Parameter(spectrum.contiguous())
 
     def _to_image(self, spectrum: torch.Tensor) -> torch.Tensor:
-        h, w = self.shape[-2:]
-        image = torch.fft.irfft2(torch.view_as_complex(spectrum) * self.scale, s=(h, w), norm="ortho")
-        return torch.einsum("bchw,dc->bdhw", image, self.color)
+        b, c, h, w = self.shape
+        image = torch.fft.irfft2(torch.view_as_complex(spectrum * self.scale[..., None]), s=(h, w), norm="ortho")
+        return (self.color @ image.reshape(b, c, h * w)).view(b, c, h, w)  # colour mix per pixel
 
     def _invert(self, image: torch.Tensor) -> torch.Tensor:
         pre = torch.logit(image.clamp(1e-4, 1 - 1e-4))

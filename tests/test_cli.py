@@ -1,0 +1,72 @@
+"""The command line: renders real files; bad input gives one clear line and exit status 2."""
+import json
+
+import pytest
+from PIL import Image
+
+from fvis.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_render_writes_images_json_and_contact_sheet(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "render", "--model", "efficientnet-lite0", "-o", "channel:_blocks.2:3",
+                            "-o", "logit:hummingbird", "-o", "neuron:_blocks.5:1:1:2", "--size", "64x80",
+                            "--steps", "3", "--seed", "4", "--quiet", "--out", str(out))
+    assert code == 0, err
+    names = ["channel__blocks.2_3", "logit_hummingbird", "neuron__blocks.5_1_1_2"]
+    for name in names:
+        assert Image.open(out / f"{name}.png").size == (80, 64)
+        meta = json.loads((out / f"{name}.json").read_text())
+        assert meta["model"] == "efficientnet-lite0" and meta["seed"] == 4 and meta["steps"] == 3
+        assert meta["settings"]["size"] == [64, 80] and meta["settings"]["transforms"] is True
+        assert meta["seconds_per_step"] > 0 and len(meta["history"]["objective"]) == 3
+        assert {"torch", "torchvision", "kornia", "fvis"} <= set(meta["versions"])
+        assert len(meta["top5"]) == 5
+    assert Image.open(out / "contact_sheet.png").size[0] > 3 * 64
+    assert "3 image(s)" in stdout
+
+
+def test_layers_prints_types_and_shapes(capsys):
+    code, out, _ = run(capsys, "layers", "efficientnet-lite0")
+    assert code == 0
+    assert any(line.split()[:2] == ["_blocks.3", "MBConvBlock"] and "(1, 40, 28, 28)" in line
+               for line in out.splitlines())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-o", "chanel:_blocks.2:3"], "cannot parse objective 'chanel:_blocks.2:3'"),
+    (["-o", "channel:blocks.2:3"], "unknown layer 'blocks.2'. Did you mean: _blocks.2"),
+    (["-o", "channel:_blocks.2:999"], "channel 999 out of range for layer '_blocks.2' with 24 channels: valid 0..23"),
+    (["-o", "neuron:_blocks.2:1:99:0"], "outside layer '_blocks.2'"),
+    (["-o", "logit:humingbird"], "unknown class name 'humingbird'. Did you mean: hummingbird"),
+    (["-o", "logit:1000"], "class index 1000 out of range: valid 0..999"),
+])
+def test_bad_render_input_is_one_clear_line(tmp_path, capsys, argv, message):
+    code, _, err = run(capsys, "render", "--model", "efficientnet-lite0", *argv, "--steps", "2",
+                       "--size", "32", "--quiet", "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("fvis: error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run(capsys, "render", "--model", "efficientnet-lite0", "-o", "logit:1",
+                       "--out", str(blocker / "sub"))
+    assert code == 2 and err.startswith("fvis: error: cannot write to output folder") and err.count("\n") == 1
+
+
+def test_unknown_model_and_bad_numbers(tmp_path, capsys):
+    code, _, err = run(capsys, "layers", "resnet5O")
+    assert code == 2 and "unknown model 'resnet5O'. Did you mean: resnet50" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["render", "--model", "efficientnet-lite0", "-o", "logit:1", "--steps", "0", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "expected a positive integer" in capsys.readouterr().err
