@@ -83,10 +83,11 @@ def cmd_layers(args) -> None:
     h, w = args.size or model.input_size
     x = torch.full((1, model.channels, h, w), 0.5, device=args.device)
     rows = output_shapes(model, x)
-    width = max(len(n) for n, _, _ in rows)
-    print(f"{'output':<{width}}  {type(model.net).__name__:<24} {h}x{w} input")
-    for name, kind, shape in rows:
-        print(f"{name:<{width}}  {kind:<24} {shape if shape is not None else '(not called)'}")
+    width = max(len(name) for name, *_ in rows)
+    print(f"# {model.name}: input (1, {model.channels}, {h}, {w}) in [0, 1]; shapes are of one dry forward")
+    for name, kind, shape, calls in rows:
+        where = "(not called)" if calls == 0 else f"{shape}" + (f"  x{calls} calls (last shown)" if calls > 1 else "")
+        print(f"{name:<{width}}  {kind:<24} {where}")
 
 
 def cmd_render(args) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -37,7 +37,6 @@ class Result:
     seconds: float
     loop_seconds: float = 0.0
     stopped: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def seconds_per_step(self) -> float:
@@ -66,7 +65,11 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     stopped, done = None, 0
     start = time.perf_counter()
     with frozen(model), Capture(model, layers, truncate=truncate) as capture:
-        acts = capture.plan(param().detach())  # dry run: validates layers/indices, sets truncation
+        with torch.no_grad():  # dry run on a transformed input (own generator: the run's draws stay as seeded)
+            x_in, dry_generator = param(), torch.Generator().manual_seed(seed)
+            for r in regularizers:
+                x_in = r.transform(x_in, dry_generator)
+        acts = capture.plan(x_in)  # validates layers and indices, counts calls, enables truncation
         objective.check(acts)
         for r in regularizers:
             r.check(acts)

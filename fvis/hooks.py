@@ -208,18 +208,17 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def output_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, Any]]:
-    """``(name, type, output shape or None)`` for every module, from one dry forward."""
-    names = list(named_layers(model))
-    with frozen(model), Capture(model, names, truncate=False) as cap:
+def output_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, Any, int]]:
+    """``(name, type, output shape or None, calls)`` for every module from one dry forward
+    (shape of the last call), then ``("output", "model output", shape, 1)``."""
+    layers = named_layers(model)
+    with frozen(model), Capture(model, layers, truncate=False) as cap:
         acts = cap.plan(x)
     rows = []
-    for name, module in named_layers(model).items():
-        raw = acts._store.get(name)
-        shape = None
-        if raw:
-            shape = _shape_of(raw[-1])
-        rows.append((name, type(module).__name__, shape))
+    for name, module in layers.items():
+        calls = acts._store.get(name, [])
+        rows.append((name, type(module).__name__, _shape_of(calls[-1]) if calls else None, len(calls)))
+    rows.append((OUTPUT, "model output", _shape_of(acts.output), 1))
     return rows
 
 

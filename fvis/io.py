@@ -104,7 +104,9 @@ def contact_sheet(images: Sequence[torch.Tensor], labels: Sequence[str], path: s
 
 
 def _wrap(text: str, width: int) -> list[str]:
-    return [text[i:i + width] for i in range(0, len(text), width)] or [""]
+    import textwrap
+
+    return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
 
 
 def versions() -> dict[str, str]:

@@ -103,7 +103,10 @@ def load(name: str, weights: str | Path | None = None, device: str | torch.devic
         model = _load_torchvision(key, weights)
     else:
         raise FvisError(f"unknown model {name!r}.{suggest(key, available())} (see `fvis models`)")
-    return model.to(device).eval()
+    try:
+        return model.to(device).eval()
+    except (RuntimeError, AssertionError) as e:  # no CUDA build, no such device...
+        raise FvisError(f"cannot use device {device!r}: {str(e).splitlines()[0]}") from None
 
 
 def _load_state_dict(path: str | Path) -> dict:

@@ -119,8 +119,10 @@ def test_only_needed_layers_are_hooked(lite0):
 
 def test_output_shapes_lists_every_module(lite0):
     rows = output_shapes(lite0, torch.rand(1, 3, 224, 224))
-    table = {name: (kind, shape) for name, kind, shape in rows}
-    assert table["_conv_stem"] == ("Conv2dStaticSamePadding", (1, 32, 112, 112))
-    assert table["_fc"] == ("Linear", (1, 1000))
-    assert table["_blocks"][1] is None  # a ModuleList is never called
-    assert len(rows) == len([n for n, _ in lite0.net.named_modules() if n])
+    table = {name: (kind, shape, calls) for name, kind, shape, calls in rows}
+    assert table["_conv_stem"] == ("Conv2dStaticSamePadding", (1, 32, 112, 112), 1)
+    assert table["_fc"] == ("Linear", (1, 1000), 1)
+    assert table["_blocks"] == ("ModuleList", None, 0)  # a ModuleList is never called
+    assert table["_blocks.1._swish"][2] == 2  # ReLU6 shared inside the block
+    assert table["output"] == ("model output", (1, 1000), 1)
+    assert len(rows) == len([n for n, _ in lite0.net.named_modules() if n]) + 1
