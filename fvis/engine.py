@@ -25,7 +25,9 @@ class Result:
     ``name -> (steps, B)`` (``"objective"`` total, each objective leaf, each penalty).
     ``snapshots``: ``step -> input`` at the requested thresholds. ``seconds``: total wall time;
     ``loop_seconds``: the steps alone.
-    ``stopped``: ``None``, or why the run ended early (``"nan"``).
+    ``stopped``: ``None``, or why the run ended early (``"nan"``; ``"done"`` when ``stop`` held for
+    every item). ``done``: ``(B,)`` items for which ``stop`` held; ``done_step``: ``(B,)`` the step
+    at which each item finished (``steps`` for unfinished ones); both ``None`` without ``stop``.
     """
 
     input: torch.Tensor
@@ -37,6 +39,8 @@ class Result:
     seconds: float
     loop_seconds: float = 0.0
     stopped: str | None = None
+    done: torch.Tensor | None = None
+    done_step: torch.Tensor | None = None
 
     @property
     def seconds_per_step(self) -> float:
@@ -46,7 +50,8 @@ class Result:
 
 def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regularizers: Sequence = (), *,
              steps: int = 256, lr: float = 0.05, optimizer: str | Callable = "adam", seed: int = 0,
-             thresholds: Iterable[int] = (), progress: bool = True, truncate: bool = True) -> Result:
+             thresholds: Iterable[int] = (), progress: bool = True, truncate: bool = True,
+             stop: Callable | None = None, keep_best: bool = False) -> Result:
     """Maximize ``objective`` over the input produced by ``param``.
 
     Each step: ``x = param()``; regularizer transforms (seeded by ``seed``); forward through
@@ -54,6 +59,11 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     ``loss = sum over items of (-objective + penalties)``; optimizer step; ``param.after_step()``.
     A non-finite loss stops the run and keeps the last good input. The model's modes,
     ``requires_grad`` flags and hooks are restored afterwards, also on errors.
+
+    Per-item control (``param``'s tensors must be batch-first): ``stop(acts, values) -> (B,) bool``
+    freezes each item at the first step where it holds (it stops changing; the run ends when all
+    are done); ``keep_best`` returns each item at the step with its highest objective value
+    instead of the last (values as measured during the run, i.e. through the transforms).
     """
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(optimizer, param.parameters(), lr)
@@ -67,13 +77,15 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     with frozen(model), Capture(model, layers, truncate=truncate) as capture:
         with torch.no_grad():  # dry run on a transformed input (own generator: the run's draws stay as seeded)
             x_in, dry_generator = param(), torch.Generator().manual_seed(seed)
+            batch = x_in.shape[0]
             for r in regularizers:
                 x_in = r.transform(x_in, dry_generator)
-        acts = capture.plan(x_in)  # validates layers and indices, counts calls, enables truncation
+        acts = capture.plan(x_in, batch)  # validates layers and indices, counts calls, enables truncation
         objective.check(acts)
         for r in regularizers:
             r.check(acts)
         last_good = {k: v.detach().clone() for k, v in param.state_dict().items()}
+        items = _PerItem(param, batch, stop, keep_best) if stop or keep_best else None
         loop_start = time.perf_counter()
         bar = tqdm(range(1, steps + 1), disable=not progress, desc="fvis", unit="step", leave=False)
         for step in bar:
@@ -81,7 +93,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
             x_in = x
             for r in regularizers:
                 x_in = r.transform(x_in, generator)
-            acts = capture.forward(x_in)
+            acts = capture.forward(x_in, batch)
             trace: dict[str, torch.Tensor] = {}
             value = objective(acts, trace)
             penalties = {n: p for n, r in zip(names, regularizers) if (p := r.penalty(x, acts)) is not None}
@@ -93,24 +105,83 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                 break
             for k, v in param.state_dict().items():  # this input gave a finite loss: keep it
                 last_good[k].copy_(v)
+            for n, v in {"objective": value.detach(), **trace, **{k: p.detach() for k, p in penalties.items()}}.items():
+                history.setdefault(n, []).append(v.float().cpu())
+            if items is not None and items.observe(step, value.detach(), acts):
+                stopped = "done"
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             param.after_step()
+            if items is not None:
+                items.restore_done()
             done = step
-            for n, v in {"objective": value.detach(), **trace, **{k: p.detach() for k, p in penalties.items()}}.items():
-                history.setdefault(n, []).append(v.float().cpu())
             if step in thresholds:
                 snapshots[step] = param().detach().cpu()
             bar.set_postfix(objective=f"{value.mean().item():.4g}")
         loop_seconds = time.perf_counter() - loop_start
+        if items is not None:
+            items.finish()
         with torch.no_grad():
             final = param().detach()
             values = objective(capture.forward(final)).detach().cpu()
     return Result(input=final.cpu(), values=values,
                   history={k: torch.stack(v) for k, v in history.items()}, snapshots=snapshots,
                   seed=seed, steps=done, seconds=time.perf_counter() - start, loop_seconds=loop_seconds,
-                  stopped=stopped)
+                  stopped=stopped, done=None if items is None or stop is None else items.done.cpu(),
+                  done_step=None if items is None or stop is None else items.done_step(done).cpu())
+
+
+class _PerItem:
+    """Per-item bookkeeping for ``stop`` / ``keep_best``: saves each item's parameters when it
+    improves or finishes, and puts finished items back after every optimizer step."""
+
+    def __init__(self, param: torch.nn.Module, batch: int, stop, keep_best: bool):
+        self.params = [p for p in param.parameters() if p.requires_grad]
+        bad = [tuple(p.shape) for p in self.params if p.dim() == 0 or p.shape[0] != batch]
+        if bad:
+            raise FvisError(f"stop/keep_best need batch-first parameters of batch {batch}; got shapes {bad}")
+        self.stop, self.keep_best = stop, keep_best
+        self.saved = [p.detach().clone() for p in self.params]
+        device = self.params[0].device
+        self.best = torch.full((batch,), -torch.inf, device=device)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.finished_at = torch.full((batch,), -1, dtype=torch.long, device=device)
+
+    def observe(self, step: int, values: torch.Tensor, acts) -> bool:
+        """Record this step's per-item values (of the current parameters); True when all are done."""
+        newly = torch.zeros_like(self.done)
+        if self.stop is not None:
+            with torch.no_grad():
+                hit = torch.as_tensor(self.stop(acts, values), device=self.done.device).bool()
+            if hit.shape != self.done.shape:
+                raise FvisError(f"stop() must return one bool per item {tuple(self.done.shape)}, got {tuple(hit.shape)}")
+            newly = hit & ~self.done
+        save = newly | ((values > self.best) & ~self.done if self.keep_best else newly)
+        if save.any():
+            for p, s in zip(self.params, self.saved):
+                s[save] = p.detach()[save]
+            self.best = torch.where(save, values.to(self.best.dtype), self.best)
+        self.done |= newly
+        self.finished_at[newly] = step
+        return bool(self.done.all())
+
+    @torch.no_grad()
+    def restore_done(self) -> None:
+        if self.done.any():
+            for p, s in zip(self.params, self.saved):
+                p[self.done] = s[self.done]
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        """Final parameters: finished items as frozen; with keep_best, the others at their best."""
+        keep = self.done | (self.keep_best & torch.isfinite(self.best))
+        for p, s in zip(self.params, self.saved):
+            p[keep] = s[keep]
+
+    def done_step(self, steps: int) -> torch.Tensor:
+        return torch.where(self.done, self.finished_at, torch.full_like(self.finished_at, steps))
 
 
 def make_optimizer(optimizer: str | Callable, params, lr: float) -> torch.optim.Optimizer:

@@ -98,10 +98,14 @@ class Activations:
 
     A module called several times in one forward maps to its *last* call;
     :meth:`calls` returns every call in order.
+
+    ``batch`` is the number of items being optimized; when a transform replicated each item
+    into ``copies`` transformed copies (expectation over transformations), tensors hold
+    ``batch * copies`` rows, item-major, and objectives average each item's copies.
     """
 
-    def __init__(self, store: dict[str, list], output: Any, batch: int):
-        self._store, self.output, self.batch = store, output, batch
+    def __init__(self, store: dict[str, list], output: Any, batch: int, copies: int = 1):
+        self._store, self.output, self.batch, self.copies = store, output, batch, copies
 
     def __getitem__(self, name: str) -> torch.Tensor:
         base, key = split_selector(name)
@@ -167,20 +171,25 @@ class Capture:
         if self._calls_seen == self._calls_needed:
             raise _StopForward
 
-    def forward(self, x: Any) -> Activations:
-        """Run the model on ``x`` and return what the hooked layers produced."""
+    def forward(self, x: Any, items: int | None = None) -> Activations:
+        """Run the model on ``x`` and return what the hooked layers produced. ``items``: the number
+        of optimized items when ``x`` holds several transformed copies of each (default: all rows)."""
+        rows = _batch_size(x)
+        items = items or rows
+        if rows % items:
+            raise FvisError(f"model input has {rows} rows, not a multiple of the {items} items")
         self._store, self._calls_seen = {}, 0
         try:
             output = self.model(x)
         except _StopForward:
             output = None
-        return Activations(self._store, output, _batch_size(x))
+        return Activations(self._store, output, items, rows // items)
 
-    def plan(self, x: Any) -> Activations:
+    def plan(self, x: Any, items: int | None = None) -> Activations:
         """One dry forward without gradients: counts the needed calls and enables truncation."""
         self._calls_needed = None
         with torch.no_grad():
-            acts = self.forward(x)
+            acts = self.forward(x, items)
         needs_output = any(m is None for m in self.modules.values())
         if self.truncate and not needs_output and self._calls_seen > 0:
             self._calls_needed = self._calls_seen

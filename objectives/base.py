@@ -38,6 +38,8 @@ class Objective:
         value = self.fn(acts)
         if value.dim() == 0:
             value = value.expand(acts.batch)
+        elif acts.copies > 1 and value.shape[0] == acts.batch * acts.copies:
+            value = value.view(acts.batch, acts.copies).mean(1)  # expectation over an item's copies
         if trace is not None:
             trace[self.name] = value.detach()
         return value

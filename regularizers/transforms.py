@@ -22,14 +22,20 @@ class TransformRobustness(Regularizer):
 
     ``keep_size=True`` (default) returns the input size, so the model costs what it costs
     on plain input; ``False`` returns Lucid's larger padded canvas
-    ``(H + 2*pad - jitter - jitter_after)``. ``(B, C, H, W) -> (B, C, H', W')``.
+    ``(H + 2*pad - jitter - jitter_after)``. ``copies=N`` (expectation over transformations)
+    transforms N independent copies of each item, item-major; objectives average them.
+    ``(B, C, H, W) -> (B * copies, C, H', W')``.
     """
 
     def __init__(self, pad: int = 12, jitter: int = 8, scales: Sequence[float] = DEFAULT_SCALES,
-                 degrees: float = 10.0, jitter_after: int = 4, fill: float = 0.5, keep_size: bool = True):
+                 degrees: float = 10.0, jitter_after: int = 4, fill: float = 0.5, keep_size: bool = True,
+                 copies: int = 1):
         super().__init__(name="transforms")
+        if copies < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
         self.pad, self.jitter, self.jitter_after = pad, jitter, jitter_after
         self.scales, self.degrees, self.fill, self.keep_size = tuple(scales), degrees, fill, keep_size
+        self.copies = copies
 
     def sample(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Per-item parameters: shifts in px, scale factors, angles in degrees."""
@@ -57,6 +63,8 @@ class TransformRobustness(Regularizer):
         return torch.cat([rot, offset.unsqueeze(-1)], -1)
 
     def transform(self, x, generator):
+        if self.copies > 1:
+            x = x.repeat_interleave(self.copies, 0)
         b, _, h, w = x.shape
         grow = 0 if self.keep_size else 2 * self.pad - self.jitter - self.jitter_after
         out_size = (h + grow, w + grow)
