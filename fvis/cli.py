@@ -32,6 +32,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    """``0.03`` or ``8/255``."""
+    try:
+        num, _, den = text.partition("/")
+        value = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction like 8/255, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="PATH", help="local state-dict for the architecture (weights_only load)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -60,6 +72,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay-power", type=float, default=1.0, help="Fourier spectrum decay (higher = smoother)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-transforms", action="store_true", help="no transformation robustness")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, type=Path)
+    _add_model_args(p)
+
+    p = sub.add_parser("attack", help="adversarial examples within an eps-ball (success judged on the saved PNG)")
+    p.add_argument("--model", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", nargs="+", type=Path, metavar="PATH", help="image file(s)")
+    src.add_argument("--images", type=Path, metavar="DIR", help="every image in a folder")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target", metavar="CLASS", help="class to reach: index or ImageNet name")
+    goal.add_argument("--untargeted", action="store_true", help="leave the true class")
+    p.add_argument("--label", metavar="CLASS", help="true class for --untargeted (default: the clean prediction)")
+    p.add_argument("--eps", type=_fraction, default=8 / 255, help="ball radius in pixel units, e.g. 8/255 (default)")
+    p.add_argument("--norm", choices=["linf", "l2"], default="linf")
+    p.add_argument("--steps", type=_positive_int, default=10, help="steps per restart (default 10)")
+    p.add_argument("--step-size", type=_fraction, help="default: eps/4")
+    p.add_argument("--method", choices=["pgd", "mifgsm", "adam"], default="pgd")
+    p.add_argument("--loss", choices=["ce", "margin"], default="ce")
+    p.add_argument("--restarts", type=_positive_int, default=1)
+    p.add_argument("--eot", type=int, default=0, metavar="N", help="average over N random transforms per step")
+    p.add_argument("--kappa", type=float, default=0.0, help="early-stop only once the logit margin exceeds this")
+    p.add_argument("--no-random-start", action="store_true")
+    p.add_argument("--no-early-stop", action="store_true")
+    p.add_argument("--heldout", type=int, default=32, metavar="N",
+                   help="report success under N held-out random transforms (0: skip)")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, type=Path)
     _add_model_args(p)
@@ -115,7 +155,42 @@ def cmd_render(args) -> None:
           f"{result.seconds_per_step:.3f} s/step{note})")
 
 
-COMMANDS = {"models": cmd_models, "layers": cmd_layers, "render": cmd_render}
+def cmd_attack(args) -> None:
+    from .attack import attack_files
+    from .classes import resolve_class
+    from .io import check_writable, list_images
+    from .models import load
+
+    if args.eot < 0:
+        raise FvisError(f"--eot must be >= 0, got {args.eot}")
+    paths = list_images(args.images) if args.images else args.image
+    out = check_writable(args.out)
+    model = load(args.model, args.weights, args.device)
+    names = model.class_names
+    target = None if args.untargeted else resolve_class(args.target, names)
+    label = resolve_class(args.label, names) if args.label is not None else None
+    if label is not None and not args.untargeted:
+        raise FvisError("--label is for --untargeted attacks")
+    report = attack_files(
+        model, paths, out, target=target, label=label, batch_size=args.batch_size, heldout=args.heldout,
+        progress=not args.quiet, eps=args.eps, norm=args.norm, steps=args.steps, step_size=args.step_size,
+        method=args.method, loss=args.loss, restarts=args.restarts, random_start=not args.no_random_start,
+        eot=args.eot, early_stop=not args.no_early_stop, kappa=args.kappa, seed=args.seed)
+    s, rows = report["summary"], report["records"]
+    width = max(len(r["image"]) for r in rows)
+    print(f"{'image':<{width}}  {'clean top-1':<22} {'adversarial top-1':<22} {'p':>6} {'Linf*255':>8} "
+          f"{'L2':>7} {'steps':>5}  success")
+    for r in rows:
+        c, a = r["clean_top5"][0], r["adversarial_top5"][0]
+        print(f"{r['image']:<{width}}  {c['name'][:22]:<22} {a['name'][:22]:<22} {r['prob']:6.3f} "
+              f"{r['linf_255']:8.2f} {r['l2']:7.3f} {r['steps_used']:5d}  {'yes' if r['success'] else 'no'}")
+    heldout = f", held-out transform success {s['heldout_success_mean']:.2f}" if s["heldout_success_mean"] is not None else ""
+    print(f"success {sum(r['success'] for r in rows)}/{len(rows)} ({s['success_rate']:.1%}, judged on the saved "
+          f"8-bit PNGs), median Linf {s['median_linf_255']:.2f}/255, median L2 {s['median_l2']:.3f}, "
+          f"{s['seconds']:.1f} s{heldout} -> {out}/")
+
+
+COMMANDS = {"models": cmd_models, "layers": cmd_layers, "render": cmd_render, "attack": cmd_attack}
 
 
 def main(argv=None) -> int:

@@ -46,9 +46,25 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
     return _atomic_write(Path(path), lambda f: pil.save(f, format="PNG"))
 
 
-def load_image(path: str | Path, size: int | tuple[int, int] | None = None, channels: int = 3) -> torch.Tensor:
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files (by suffix) directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FvisError(f"not a folder: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FvisError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def load_image(path: str | Path, size: int | tuple[int, int] | None = None, channels: int = 3,
+               min_side: int = 1) -> torch.Tensor:
     """Read an image file as ``(C, H, W)`` float in [0, 1]; ``size`` resizes the short side and
-    centre-crops to ``(H, W)``. Unreadable files raise :class:`FvisError`."""
+    centre-crops to ``(H, W)``. Unreadable files, and images with a side below ``min_side`` px,
+    raise :class:`FvisError`."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as F
@@ -61,6 +77,9 @@ def load_image(path: str | Path, size: int | tuple[int, int] | None = None, chan
         raise FvisError(f"image not found: {path}") from None
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise FvisError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if min(array.shape[:2]) < min_side:
+        raise FvisError(f"image {path} is too small ({array.shape[1]}x{array.shape[0]} px); "
+                        f"need at least {min_side} px on each side")
     image = torch.from_numpy(array.copy()).float().div(255)
     image = image[None] if image.dim() == 2 else image.permute(2, 0, 1)
     if size is not None:
@@ -83,14 +102,15 @@ def _jsonable(v):
 
 
 def contact_sheet(images: Sequence[torch.Tensor], labels: Sequence[str], path: str | Path,
-                  columns: int | None = None, tile: int = 224) -> Path:
-    """A labelled grid of ``(C, H, W)`` images in [0, 1], saved as PNG."""
+                  columns: int | None = None, tile: int = 224, lines: int = 2) -> Path:
+    """A labelled grid of ``(C, H, W)`` images in [0, 1], saved as PNG; each label is word-wrapped
+    to the tile width (``\n`` starts a new line) and cut at ``lines`` lines."""
     from PIL import Image, ImageDraw
 
     n = len(images)
     columns = columns or min(n, 6)
     rows = (n + columns - 1) // columns
-    pad, text_h = 6, 28
+    pad, text_h = 6, 12 * lines + 4
     sheet = Image.new("RGB", (columns * (tile + pad) + pad, rows * (tile + text_h + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (img, label) in enumerate(zip(images, labels)):
@@ -98,7 +118,8 @@ def contact_sheet(images: Sequence[torch.Tensor], labels: Sequence[str], path: s
         pil = Image.fromarray(arr).resize((tile, tile), Image.Resampling.LANCZOS)
         x, y = pad + (i % columns) * (tile + pad), pad + (i // columns) * (tile + text_h + pad)
         sheet.paste(pil, (x, y))
-        for j, line in enumerate(_wrap(label, tile // 6)[:2]):
+        wrapped = [w for part in label.split("\n") for w in _wrap(part, tile // 6)]
+        for j, line in enumerate(wrapped[:lines]):
             draw.text((x, y + tile + 2 + 12 * j), line, fill="black")
     return _atomic_write(Path(path), lambda f: sheet.save(f, format="PNG"))
 

@@ -118,3 +118,58 @@ class FourierImage(Parameterization):
 
     def forward(self) -> torch.Tensor:
         return torch.sigmoid(self._to_image(self.spectrum))
+
+
+class Perturbation(Parameterization):
+    """A real image plus a perturbation kept inside an eps-ball and the [0, 1] box:
+    ``() -> image + delta``, ``(B, C, H, W)``.
+
+    Args:
+        image: ``(C, H, W)`` or ``(B, C, H, W)`` in [0, 1] (the clean input; not optimized).
+        eps: radius of the ball in pixel-value units ([0, 1] scale), e.g. ``8/255``.
+        norm: ``"linf"`` or ``"l2"`` (per item, over all of ``C, H, W``).
+        random_start: start uniformly inside the L-inf ball / at a random point of the L2 ball
+            (seeded by ``seed``); otherwise at the clean image.
+        batch: repeat a single image this many times.
+
+    ``after_step`` projects ``delta`` onto the ball, then onto the box (which only shrinks
+    each coordinate, so the norm bound still holds).
+    """
+
+    def __init__(self, image: torch.Tensor, eps: float, norm: str = "linf", random_start: bool = False,
+                 seed: int | None = 0, batch: int | None = None):
+        super().__init__()
+        if norm not in ("linf", "l2"):
+            raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        image = image.detach().float()
+        image = _as_batch(image, batch or (1 if image.dim() == 3 else image.shape[0]))
+        self.eps, self.norm = float(eps), norm
+        self.shape = tuple(image.shape)
+        self.register_buffer("image", image.contiguous())
+        delta = torch.zeros(self.shape)
+        if random_start:
+            g = _generator(seed)
+            if norm == "linf":
+                delta = (torch.rand(self.shape, generator=g) * 2 - 1) * eps
+            else:
+                direction = torch.randn(self.shape, generator=g)
+                direction = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+                radius = torch.rand(self.shape[0], generator=g).view(-1, 1, 1, 1) * eps
+                delta = direction * radius
+        self.delta = nn.Parameter(delta)
+        self.after_step()
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        d = self.delta
+        if self.norm == "linf":
+            d.clamp_(-self.eps, self.eps)
+        else:
+            norms = d.flatten(1).norm(dim=1).clamp_min(1e-12)
+            d.mul_((self.eps / norms).clamp(max=1.0).view(-1, 1, 1, 1))
+        d.copy_((self.image + d).clamp(0, 1) - self.image)
+
+    def forward(self) -> torch.Tensor:
+        return self.image + self.delta

@@ -1,0 +1,147 @@
+"""Adversarial examples on the engine: exact norm bounds, honest (quantized) success, early stop."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import fvis
+import objectives as obj
+import regularizers as reg
+from fvis.attack import attack, quantize, save_attack
+from fvis.cli import main
+from fvis.io import load_image
+from fvis.optim import SteepestDescent
+from fvis.param import Perturbation
+
+GOLDFINCH = 11
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projection_keeps_ball_and_box_exactly(norm):
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(4, 3, 20, 24, generator=g)
+    image[0] = 1.0  # a saturated image: the box must bind
+    eps = 0.03 if norm == "linf" else 0.5
+    p = Perturbation(image, eps, norm, random_start=True, seed=3)
+    with torch.no_grad():
+        p.delta.add_(torch.randn(p.delta.shape, generator=g))  # a wild step far outside the ball
+    p.after_step()
+    x, d = p(), p.delta.detach().flatten(1)
+    size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    assert (size <= eps + 1e-6).all() and size.max() > 0.5 * eps
+    assert x.min() >= 0 and x.max() <= 1
+    q = quantize((image * 255).round() / 255, x.detach(), eps, norm)
+    assert torch.equal(q, (q * 255).round() / 255)  # 8-bit exact
+    dq = (q - (image * 255).round() / 255).flatten(1)
+    size_q = dq.abs().amax(1) if norm == "linf" else dq.norm(dim=1)
+    assert (size_q <= eps + 1e-6).all()  # the bound survives quantization (eps not a multiple of 1/255)
+
+
+def test_steepest_descent_steps():
+    p = torch.nn.Parameter(torch.zeros(2, 3))
+    p.grad = torch.tensor([[3.0, -4.0, 0.0], [0.0, 0.0, 2.0]])
+    SteepestDescent([p], lr=0.1, norm="linf").step()
+    assert torch.allclose(p.data, torch.tensor([[-0.1, 0.1, 0.0], [0.0, 0.0, -0.1]]))
+    p.data.zero_()
+    SteepestDescent([p], lr=0.1, norm="l2").step()
+    assert torch.allclose(p.data.norm(dim=1), torch.tensor([0.1, 0.1]))
+    assert torch.allclose(p.data[0], torch.tensor([-0.06, 0.08, 0.0]))
+
+
+def test_targeted_attack_succeeds_on_saved_png_and_normalizes_once(lite0, coffee, tmp_path):
+    result = attack(lite0, coffee[None], target=GOLDFINCH, eps=8 / 255, steps=10, progress=False)
+    assert result.success.all()
+    assert float(result.linf[0]) <= 8 / 255 + 1e-7
+    save_attack(lite0, result, ["coffee"], tmp_path)
+    saved = load_image(tmp_path / "coffee_adv.png")
+    assert torch.equal(saved, result.adversarial[0])  # what was judged is exactly what was saved
+    # normalization exactly once: the raw net on (x - mean) / std reproduces the reported probability
+    with torch.no_grad():
+        logits = lite0.net((saved[None] - lite0.mean) / lite0.std)
+    assert logits.argmax(1).item() == GOLDFINCH
+    assert logits.softmax(1)[0, GOLDFINCH].item() == pytest.approx(float(result.prob[0]), abs=1e-5)
+    # ... and the perturbation lives in pixel space, not in normalized space
+    assert (saved - result.clean[0]).abs().max() <= 8 / 255 + 1e-7
+    meta = json.loads((tmp_path / "coffee.json").read_text())
+    assert meta["success"] and meta["target"]["name"] == "goldfinch"
+    assert meta["clean_top5"][0]["name"] == "espresso" and meta["adversarial_top5"][0]["name"] == "goldfinch"
+    assert meta["linf_255"] <= 8 + 1e-4 and "8-bit" in meta["success_judged_on"]
+
+
+def test_early_stopped_items_stop_changing(lite0, coffee):
+    images = torch.stack([coffee, coffee.flip(-1)])[..., :96, :96].contiguous()
+    param = Perturbation(images, 8 / 255, "linf")
+    label = lite0(images).argmax(1)
+    calls = []
+
+    def stop(acts, values):  # item 0 finishes at step 3, item 1 never
+        calls.append(1)
+        return torch.tensor([len(calls) >= 3, False])
+
+    result = fvis.optimize(lite0, obj.untargeted(label), param, steps=8, lr=1 / 255,
+                           optimizer=lambda ps: SteepestDescent(ps, lr=1 / 255), stop=stop,
+                           thresholds=range(1, 9), progress=False)
+    frames = [result.snapshots[t] for t in sorted(result.snapshots)]
+    assert result.done.tolist() == [True, False] and result.done_step.tolist() == [3, 8]
+    frozen = frames[2][0]  # the input item 0 had when it finished (after steps 1 and 2)
+    assert all(torch.equal(f[0], frozen) for f in frames[2:]) and torch.equal(result.input[0], frozen)
+    assert not torch.equal(frames[1][0], frames[0][0])  # it moved before it finished
+    assert not torch.equal(frames[-1][1], frames[2][1])  # the other item kept going
+
+
+def test_keep_best_returns_the_best_iterate(lite0, coffee):
+    param = fvis.PixelImage(init=coffee[None, :, :64, :64], batch=2)
+    objective = obj.class_logit(GOLDFINCH)
+    result = fvis.optimize(lite0, objective, param, steps=6, lr=3.0, keep_best=True, progress=False)
+    best = result.history["objective"].max(0).values
+    assert torch.allclose(result.values, best, atol=1e-4)
+
+
+def test_eot_copies_are_averaged_per_item(lite0, coffee):
+    param = Perturbation(coffee[None, :, :64, :64], 4 / 255, batch=2)
+    result = fvis.optimize(lite0, obj.targeted(GOLDFINCH), param, [reg.TransformRobustness(copies=3)],
+                           steps=2, lr=1 / 255, optimizer=lambda ps: SteepestDescent(ps, lr=1 / 255),
+                           progress=False)
+    assert result.history["objective"].shape == (2, 2) and result.values.shape == (2,)
+
+
+@pytest.mark.parametrize("method,norm,eps", [("mifgsm", "linf", 4 / 255), ("adam", "l2", 1.0)])
+def test_other_methods_and_restarts(lite0, coffee, method, norm, eps):
+    x = coffee[None, :, :96, :96]
+    result = attack(lite0, x, eps=eps, norm=norm, method=method, steps=4, restarts=2, progress=False)
+    limit = result.linf if norm == "linf" else result.l2
+    assert (limit <= eps + 1e-6).all() and result.success.all()
+    assert result.adversarial.min() >= 0 and result.adversarial.max() <= 1
+
+
+def test_attack_cli_writes_everything_and_rejects_bad_input(tmp_path, capsys, coffee):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray((coffee.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / "cup.png")
+    out = tmp_path / "out"
+    assert main(["attack", "--model", "efficientnet-lite0", "--images", str(folder), "--untargeted",
+                 "--eps", "4/255", "--steps", "5", "--heldout", "4", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "success 1/1" in printed and "judged on the saved" in printed
+    for suffix in ("_adv.png", "_delta.png", "_compare.png", ".json"):
+        assert (out / f"cup{suffix}").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 1 and summary["median_linf_255"] <= 4 + 1e-4
+    assert 0 <= summary["heldout_success_mean"] <= 1
+
+    Image.new("RGB", (20, 40)).save(tmp_path / "tiny.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    bad = [
+        (["--image", str(folder / "cup.png"), "--target", "goldfinh"], "Did you mean: goldfinch"),
+        (["--image", str(tmp_path / "tiny.png"), "--untargeted"], "too small"),
+        (["--image", str(tmp_path / "broken.jpg"), "--untargeted"], "cannot read image"),
+    ]
+    for args, message in bad:
+        assert main(["attack", "--model", "efficientnet-lite0", *args, "--quiet", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as e:
+        main(["attack", "--model", "efficientnet-lite0", "--image", str(folder / "cup.png"), "--untargeted",
+              "--eps", "0", "--out", str(out)])
+    assert e.value.code == 2 and "must be > 0" in capsys.readouterr().err
