@@ -138,16 +138,12 @@ def attack(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[in
     clean = (images.detach().float().clamp(0, 1).to(device) * 255).round() / 255  # 8-bit exact, as saved
     b = clean.shape[0]
     targeted = target is not None
-    with torch.no_grad():
-        clean_logits = model(clean)
-    if targeted:
-        classes = torch.as_tensor(target, dtype=torch.long, device=device).flatten().expand(b).clone()
-    elif labels is not None:
-        classes = torch.as_tensor(labels, dtype=torch.long, device=device).flatten().expand(b).clone()
+    given = target if targeted else labels
+    if given is not None:  # range-checked by the objective on the engine's dry run
+        classes = torch.as_tensor(given, dtype=torch.long, device=device).flatten().expand(b).clone()
     else:
-        classes = clean_logits.argmax(1)
-    if classes.min() < 0 or classes.max() >= clean_logits.shape[1]:
-        raise FvisError(f"class out of range: the model has {clean_logits.shape[1]} classes")
+        with torch.no_grad():
+            classes = model(clean).argmax(1)
 
     best, best_score, best_prob = clean.clone(), torch.full((b,), -torch.inf, device=device), torch.zeros(b, device=device)
     steps_used, restart_of = torch.zeros(b, dtype=torch.long), torch.full((b,), -1, dtype=torch.long)

@@ -121,11 +121,13 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                 snapshots[step] = param().detach().cpu()
             bar.set_postfix(objective=f"{value.mean().item():.4g}")
         loop_seconds = time.perf_counter() - loop_start
-        if items is not None:
-            items.finish()
         with torch.no_grad():
             final = param().detach()
-            values = objective(capture.forward(final)).detach().cpu()
+            values = objective(capture.forward(final, batch)).detach()
+            if items is not None and items.finish(values):  # some items go back to an earlier, better step
+                final = param().detach()
+                values = objective(capture.forward(final, batch)).detach()
+        values = values.cpu()
     return Result(input=final.cpu(), values=values,
                   history={k: torch.stack(v) for k, v in history.items()}, snapshots=snapshots,
                   seed=seed, steps=done, seconds=time.perf_counter() - start, loop_seconds=loop_seconds,
@@ -174,11 +176,13 @@ class _PerItem:
                 p[self.done] = s[self.done]
 
     @torch.no_grad()
-    def finish(self) -> None:
-        """Final parameters: finished items as frozen; with keep_best, the others at their best."""
-        keep = self.done | (self.keep_best & torch.isfinite(self.best))
+    def finish(self, last: torch.Tensor) -> bool:
+        """Finished items stay frozen; with keep_best, the others go back to their best step
+        unless the final iterate (objective ``last``) is at least as good. True if any went back."""
+        back = ~self.done & (self.best > last.to(self.best.dtype)) if self.keep_best else torch.zeros_like(self.done)
         for p, s in zip(self.params, self.saved):
-            p[keep] = s[keep]
+            p[back] = s[back]
+        return bool(back.any())
 
     def done_step(self, steps: int) -> torch.Tensor:
         return torch.where(self.done, self.finished_at, torch.full_like(self.finished_at, steps))

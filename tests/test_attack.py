@@ -90,12 +90,33 @@ def test_early_stopped_items_stop_changing(lite0, coffee):
     assert not torch.equal(frames[-1][1], frames[2][1])  # the other item kept going
 
 
+class _Scripted(torch.optim.Optimizer):
+    """Moves the parameter along a fixed path, one point per step."""
+
+    def __init__(self, params, path):
+        super().__init__(params, {})
+        self.path = iter(path)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.param_groups[0]["params"][0].copy_(next(self.path))
+
+
 def test_keep_best_returns_the_best_iterate(lite0, coffee):
+    g = torch.Generator().manual_seed(0)
+    path = [torch.randn(2, 3, 64, 64, generator=g) * 3 for _ in range(5)]  # the inputs of steps 2..6
     param = fvis.PixelImage(init=coffee[None, :, :64, :64], batch=2)
-    objective = obj.class_logit(GOLDFINCH)
-    result = fvis.optimize(lite0, objective, param, steps=6, lr=3.0, keep_best=True, progress=False)
-    best = result.history["objective"].max(0).values
-    assert torch.allclose(result.values, best, atol=1e-4)
+    start = param.raw.detach().clone()
+    result = fvis.optimize(lite0, obj.class_logit(GOLDFINCH), param, steps=5, optimizer=lambda ps: _Scripted(ps, path),
+                           keep_best=True, progress=False)
+    candidates = torch.stack([start] + path)  # every iterate, the final one included
+    with torch.no_grad():
+        scores = torch.stack([lite0(torch.sigmoid(c))[:, GOLDFINCH] for c in candidates])  # (6, B)
+    best = scores.argmax(0)
+    assert torch.allclose(result.values, scores.max(0).values, atol=1e-4)
+    for i in range(2):
+        assert torch.allclose(result.input[i], torch.sigmoid(candidates[best[i], i]), atol=1e-6)
+    assert set(best.tolist()) != {5}  # not vacuous: the last iterate is not the best for every item
 
 
 def test_eot_copies_are_averaged_per_item(lite0, coffee):
