@@ -1,5 +1,6 @@
 """Adversarial examples on the engine: exact norm bounds, honest (quantized) success, early stop."""
 import json
+import os
 
 import pytest
 import torch
@@ -145,8 +146,11 @@ def test_attack_cli_writes_everything_and_rejects_bad_input(tmp_path, capsys, co
                  "--eps", "4/255", "--steps", "5", "--heldout", "4", "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "success 1/1" in printed and "judged on the saved" in printed
+    umask = os.umask(0)
+    os.umask(umask)
     for suffix in ("_adv.png", "_delta.png", "_compare.png", ".json"):
         assert (out / f"cup{suffix}").is_file()
+        assert (out / f"cup{suffix}").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
     summary = json.loads((out / "summary.json").read_text())
     assert summary["images"] == 1 and summary["median_linf_255"] <= 4 + 1e-4
     assert 0 <= summary["heldout_success_mean"] <= 1
