@@ -107,7 +107,7 @@ def attack(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[in
            labels: Sequence[int] | torch.Tensor | None = None, eps: float = 8 / 255, norm: str = "linf",
            steps: int = 10, step_size: float | None = None, method: str = "pgd", loss: str = "ce",
            restarts: int = 1, random_start: bool = True, eot: int = 0, early_stop: bool = True,
-           kappa: float = 0.0, seed: int = 0, progress: bool = True) -> AttackResult:
+           best_iterate: bool = True, kappa: float = 0.0, seed: int = 0, progress: bool = True) -> AttackResult:
     """Find adversarial examples for ``images`` ``(B, C, H, W)`` in [0, 1] within an ``eps``-ball.
 
     Args:
@@ -120,8 +120,8 @@ def attack(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[in
             successful. random_start: first run starts inside the ball at random.
         eot: > 0: each step averages the loss over ``eot`` random transformations (pad, jitter,
             scale, rotate) so the example survives them.
-        early_stop: freeze each item once it succeeds by a logit margin above ``kappa``;
-            whatever happens, each item returns its best iterate (not just the last).
+        early_stop: freeze each item once it succeeds by a logit margin above ``kappa``.
+        best_iterate: return each item's best iterate by the objective (default), not the last.
     """
     if not eps > 0:
         raise FvisError(f"eps must be > 0, got {eps}")
@@ -162,7 +162,8 @@ def attack(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[in
             return ok.view(acts.batch, acts.copies).all(1)
 
         result = optimize(model, objective, param, regs, steps=steps, lr=step_size, optimizer=make_optimizer,
-                          seed=seed + r, progress=progress, stop=stop if early_stop else None, keep_best=True)
+                          seed=seed + r, progress=progress, stop=stop if early_stop else None,
+                          keep_best=best_iterate)
         adv_q, score, prob = _judge(model, clean[todo], result.input.to(device), eps, norm, cls, targeted)
         better = score > best_score[todo]
         keep = todo[better]
@@ -172,6 +173,7 @@ def attack(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[in
     linf, l2 = norms(clean, best)
     settings = {"eps": eps, "norm": norm, "steps": steps, "step_size": step_size, "method": method, "loss": loss,
                 "restarts": restarts, "random_start": random_start, "eot": eot, "early_stop": early_stop,
+                "best_iterate": best_iterate,
                 "kappa": kappa, "seed": seed, "targeted": targeted}
     return AttackResult(clean=clean.cpu(), adversarial=best.cpu(), classes=classes.cpu(), targeted=targeted,
                         success=(best_score > 0).cpu(), prob=best_prob.cpu(), linf=linf.cpu(), l2=l2.cpu(),

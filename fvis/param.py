@@ -152,7 +152,7 @@ class Perturbation(Parameterization):
         if random_start:
             g = _generator(seed)
             if norm == "linf":
-                delta = (torch.rand(self.shape, generator=g) * 2 - 1) * eps
+                delta = torch.empty(self.shape).uniform_(-eps, eps, generator=g)
             else:
                 direction = torch.randn(self.shape, generator=g)
                 direction = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
