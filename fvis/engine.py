@@ -64,6 +64,11 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     freezes each item at the first step where it holds (it stops changing; the run ends when all
     are done); ``keep_best`` returns each item at the step with its highest objective value
     instead of the last (values as measured during the run, i.e. through the transforms).
+
+    Search optimizers: an optimizer with ``scores_inputs = True`` (e.g. :class:`fvis.invert.GCG`)
+    is stepped as ``opt.step(score)``, where ``score(x) -> (N,)`` is the objective minus penalties
+    of any N model inputs ``x`` (no gradients, no transforms; the run's hooks and truncation).
+    The objective must not depend on batch positions (no ``.on()``) for this to make sense.
     """
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(optimizer, param.parameters(), lr)
@@ -112,7 +117,10 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            if getattr(opt, "scores_inputs", False):  # search optimizers (GCG) score candidates exactly
+                opt.step(lambda x_eval: _score(capture, objective, regularizers, x_eval))
+            else:
+                opt.step()
             param.after_step()
             if items is not None:
                 items.restore_done()
@@ -186,6 +194,17 @@ class _PerItem:
 
     def done_step(self, steps: int) -> torch.Tensor:
         return torch.where(self.done, self.finished_at, torch.full_like(self.finished_at, steps))
+
+
+@torch.no_grad()
+def _score(capture: Capture, objective, regularizers, x: torch.Tensor) -> torch.Tensor:
+    """Objective minus penalties ``(N,)`` for the N rows of ``x`` (for ``scores_inputs`` optimizers)."""
+    acts = capture.forward(x)
+    value = objective(acts)
+    for r in regularizers:
+        if (p := r.penalty(x, acts)) is not None:
+            value = value - p
+    return value
 
 
 def make_optimizer(optimizer: str | Callable, params, lr: float) -> torch.optim.Optimizer:
