@@ -35,9 +35,9 @@ def high_frequency_energy(x: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor
     window = torch.outer(torch.hann_window(h, periodic=False, device=x.device, dtype=x.dtype),
                          torch.hann_window(w, periodic=False, device=x.device, dtype=x.dtype))
     lum = (lum - lum.mean((-2, -1), keepdim=True)) * window
-    power = torch.fft.rfft2(lum).abs().pow(2)
+    power = torch.fft.fft2(lum).abs().pow(2)  # full spectrum: every frequency counted once
     f = torch.sqrt(torch.fft.fftfreq(h, device=x.device)[:, None] ** 2
-                   + torch.fft.rfftfreq(w, device=x.device)[None, :] ** 2)
+                   + torch.fft.fftfreq(w, device=x.device)[None, :] ** 2)
     total = power.flatten(1).sum(1).clamp_min(1e-12)
     return (power * (f > cutoff)).flatten(1).sum(1) / total
 
