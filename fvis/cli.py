@@ -103,6 +103,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, type=Path)
     _add_model_args(p)
+    p = sub.add_parser("explain", help="attribution maps (saliency, IG, Grad-CAM, occlusion, mask...) for one image")
+    p.add_argument("--model", required=True)
+    p.add_argument("--image", required=True, type=Path)
+    p.add_argument("--class", dest="class_", action="append", metavar="C",
+                   help="class index or name (default: the top-1 prediction); repeat for several classes")
+    p.add_argument("--objective", "-o", metavar="SPEC", help="explain an objective instead, e.g. channel:_blocks.8:33")
+    p.add_argument("--method", "-m", action="append", required=True, metavar="M",
+                   help="mask|saliency|gradxinput|smoothgrad|ig|gradcam|guided-gradcam|occlusion (repeatable or a,b)")
+    p.add_argument("--layer", help="Grad-CAM layer (default: the last Conv2d)")
+    p.add_argument("--baseline", help="black|gray|blur|noise|mean or a value (defaults: ig black, occlusion 0, mask blur)")
+    p.add_argument("--baseline-images", type=Path, metavar="DIR", help="folder for the mean-image baseline")
+    p.add_argument("--steps", type=_positive_int, default=64, help="integrated-gradients path steps")
+    p.add_argument("--samples", type=_positive_int, default=25, help="SmoothGrad noisy samples")
+    p.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise, fraction of the value range")
+    p.add_argument("--patch", type=_positive_int, default=16, help="occlusion patch size (px)")
+    p.add_argument("--stride", type=_positive_int, default=8, help="occlusion stride (px)")
+    p.add_argument("--mask-steps", type=_positive_int, default=100, help="feature-isolation optimization steps")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--format", choices=["npy", "safetensors"], default="npy", help="raw attribution file format")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, type=Path)
+    _add_model_args(p)
+
+    p = sub.add_parser("filters", help="filter weights of a layer (default: the first conv); activation maps; renders")
+    p.add_argument("model")
+    p.add_argument("--layer", help="layer name (default: the first conv layer)")
+    p.add_argument("--image", type=Path, help="also write the layer's top activation maps for this image")
+    p.add_argument("--top", type=_positive_int, default=16, help="activation maps to show")
+    p.add_argument("--render", type=int, default=0, metavar="N", help="also render channels 0..N-1 of the layer")
+    p.add_argument("--steps", type=_positive_int, default=128, help="render steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, type=Path)
+    _add_model_args(p)
+
+    p = sub.add_parser("topk", help="the images of a folder that drive a channel (or neuron) most")
+    p.add_argument("--model", required=True)
+    p.add_argument("--layer", required=True)
+    p.add_argument("--channel", required=True, type=int)
+    p.add_argument("--images", required=True, type=Path, metavar="DIR")
+    p.add_argument("-k", type=_positive_int, default=9)
+    p.add_argument("--x", type=int, help="neuron column (with --y: rank one neuron instead of the channel mean)")
+    p.add_argument("--y", type=int, help="neuron row")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, type=Path)
+    _add_model_args(p)
     return parser
 
 
@@ -190,7 +238,26 @@ def cmd_attack(args) -> None:
           f"{s['seconds']:.1f} s{heldout} -> {out}/")
 
 
-COMMANDS = {"models": cmd_models, "layers": cmd_layers, "render": cmd_render, "attack": cmd_attack}
+def cmd_explain(args) -> None:
+    from .explain import run_cli
+
+    run_cli(args)
+
+
+def cmd_filters(args) -> None:
+    from .inspect import run_filters_cli
+
+    run_filters_cli(args)
+
+
+def cmd_topk(args) -> None:
+    from .inspect import run_topk_cli
+
+    run_topk_cli(args)
+
+
+COMMANDS = {"models": cmd_models, "layers": cmd_layers, "render": cmd_render, "attack": cmd_attack,
+            "explain": cmd_explain, "filters": cmd_filters, "topk": cmd_topk}
 
 
 def main(argv=None) -> int:

@@ -4,8 +4,9 @@
 >>> regs = [reg.TransformRobustness(), reg.FrequencyPenalty(tv=0.25), reg.L1(0.05)]
 """
 from .base import Regularizer
+from .mask import MaskArea, MaskSmoothness
 from .penalties import L1, L2, FrequencyPenalty, LpPenalty, high_frequency_energy
 from .transforms import DEFAULT_SCALES, TransformRobustness
 
 __all__ = ["Regularizer", "L1", "L2", "LpPenalty", "FrequencyPenalty", "high_frequency_energy",
-           "TransformRobustness", "DEFAULT_SCALES"]
+           "TransformRobustness", "DEFAULT_SCALES", "MaskArea", "MaskSmoothness"]

@@ -1,0 +1,154 @@
+"""Feature isolation: the smallest smooth part of an input that keeps a class (or objective).
+
+A mask ``m`` in [0, 1] (low resolution, upsampled bilinearly) mixes the input with a baseline,
+``x_m = m * x + (1 - m) * baseline``, and is optimized by :func:`fvis.optimize` to keep the
+score while covering as little as possible (Fong & Vedaldi 2017's preservation game):
+
+    maximize  min(1, (f(x_m) - f(baseline)) / (f(x) - f(baseline)))  -  area * mean(m)  -  smoothness * TV(m)
+
+The first term is the fraction of the score kept (capped at 1, so the mask gains nothing by
+*raising* the score with artefacts). Works on photos and on rendered prototypes; with several
+classes (:func:`shared_features`) the minimum of their masks shows the parts they share.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regularizers.mask import MaskArea, MaskSmoothness
+
+from .baselines import make_baseline
+from .engine import Result, optimize
+from .explain import Attribution, _as_batch, _Scorer, _settings, normalize
+from .hooks import OUTPUT, frozen
+from .param import Parameterization
+
+
+class MaskedInput(Parameterization):
+    """``() -> mask * image + (1 - mask) * baseline``, ``(B, C, H, W)``.
+
+    The mask is ``sigmoid(logits)`` on a grid of ``ceil(H / cell) x ceil(W / cell)`` cells,
+    upsampled bilinearly to ``(H, W)`` (smooth by construction). ``init``: starting mask value.
+    """
+
+    def __init__(self, image: torch.Tensor, baseline: torch.Tensor, cell: int = 8, init: float = 0.9):
+        super().__init__()
+        if image.shape != baseline.shape:
+            raise ValueError(f"image {tuple(image.shape)} and baseline {tuple(baseline.shape)} differ in shape")
+        b, _, h, w = image.shape
+        self.shape = tuple(image.shape)
+        self.register_buffer("image", image.detach().clone())
+        self.register_buffer("baseline", baseline.detach().clone())
+        grid = (math.ceil(h / cell), math.ceil(w / cell))
+        self.mask_logits = nn.Parameter(torch.full((b, 1, *grid), math.log(init / (1 - init)), device=image.device))
+
+    def mask_lowres(self) -> torch.Tensor:
+        """``(B, 1, h, w)`` in [0, 1]."""
+        return torch.sigmoid(self.mask_logits)
+
+    def mask(self) -> torch.Tensor:
+        """``(B, 1, H, W)`` in [0, 1]."""
+        return F.interpolate(self.mask_lowres(), self.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self) -> torch.Tensor:
+        m = self.mask()
+        return self.baseline + m * (self.image - self.baseline)
+
+
+@dataclass
+class Isolation:
+    """What :func:`isolate` returns (CPU tensors). ``mask`` ``(B, 1, H, W)``; ``kept``: fraction
+    of the score kept by the masked input (uncapped); ``area``: mean mask value; ``score`` /
+    ``baseline_score``: f(x), f(baseline); ``masked``: the masked inputs; ``result``: the engine's."""
+
+    mask: torch.Tensor
+    kept: torch.Tensor
+    area: torch.Tensor
+    target: torch.Tensor
+    score: torch.Tensor
+    baseline_score: torch.Tensor
+    masked: torch.Tensor
+    result: Result
+    settings: dict = field(default_factory=dict)
+
+
+def isolate(model: nn.Module, x: torch.Tensor, target=None, *, baseline="blur", steps: int = 100, lr: float = 0.1,
+            area: float = 1.0, smoothness: float = 0.5, cell: int = 16, init: float = 0.9, transforms: bool = True,
+            baseline_images: str | Path | None = None, seed: int = 0, progress: bool = True) -> Isolation:
+    """Learn a mask per item of ``x`` ``(B, C, H, W)`` that keeps ``target`` (as in
+    :mod:`fvis.explain`: ``None`` = top-1 class, a class, one per item, or an objective) with
+    as little of the input as possible; masked-out parts show ``baseline`` (``"blur"``,
+    ``"mean"`` of ``baseline_images``, ``"noise"``, ``"black"``, ``"gray"``, a value or tensor).
+    Runs on :func:`fvis.optimize` with :class:`MaskArea` and :class:`MaskSmoothness` penalties."""
+    from objectives import Objective
+
+    x = _as_batch(x, model)
+    b = x.shape[0]
+    x0 = make_baseline(x, baseline, seed=seed, folder=baseline_images)
+    with frozen(model), _Scorer(model, target) as scorer:
+        full = scorer.setup(x)
+        with torch.no_grad():
+            base = scorer(x0, torch.arange(b))[0].float().cpu()
+    classes = scorer.classes
+    if isinstance(target, Objective):
+        score = target
+    else:
+        index = classes.to(x.device)
+        score = Objective(lambda acts: acts[OUTPUT].gather(1, index[:, None])[:, 0], [OUTPUT], "logit")
+    span = full - base
+    if (span <= 0).any():
+        bad = [i for i in range(b) if span[i] <= 0]
+        warnings.warn(f"fvis: the baseline scores at least as high as the input for item(s) {bad}; "
+                      f"their masks are not meaningful (try another baseline)")
+    span = torch.where(span.abs() > 1e-6, span.abs(), torch.ones_like(span))
+    base_d, span_d = base.to(x.device), span.to(x.device)
+    kept = Objective(lambda acts: ((score(acts) - base_d) / span_d).clamp(max=1.0), score.layers, "kept", score.check)
+    param = MaskedInput(x, x0, cell, init)
+    regs = [MaskArea(param, area), MaskSmoothness(param, smoothness)]
+    if transforms:  # score the masked input under random jitter/scale/rotation: no pixel-exact artefacts
+        import regularizers as reg
+
+        regs.insert(0, reg.TransformRobustness())
+    result = optimize(model, kept, param, regs, steps=steps, lr=lr, seed=seed, progress=progress)
+    with torch.no_grad(), frozen(model), _Scorer(model, target if isinstance(target, Objective) else classes) as sc:
+        sc.setup(x)
+        masked = param().detach()
+        final = sc(masked, torch.arange(b))[0].float().cpu()
+        mask = param.mask().detach().cpu()
+    settings = _settings(baseline=baseline if isinstance(baseline, (str, int, float)) else "tensor", steps=steps,
+                         lr=lr, area=area, smoothness=smoothness, cell=cell, init=init, transforms=transforms, seed=seed,
+                         baseline_images=str(baseline_images) if baseline_images else None)
+    return Isolation(mask, (final - base) / span, mask.flatten(1).mean(1), classes.clone(), full, base,
+                     masked.cpu(), result, settings)
+
+
+def isolate_attribution(model: nn.Module, x: torch.Tensor, target=None, *, baseline="blur", steps: int = 100,
+                        lr: float = 0.1, area: float = 1.0, smoothness: float = 0.5, cell: int = 16,
+                        transforms: bool = True, baseline_images: str | Path | None = None, seed: int = 0,
+                        progress: bool = True) -> Attribution:
+    """:func:`isolate` as an :class:`fvis.explain.Attribution` (method ``"mask"``): ``raw`` is the
+    mask ``(B, 1, H, W)``, ``heatmap`` the mask divided by its maximum."""
+    t0 = time.perf_counter()
+    iso = isolate(model, x, target, baseline=baseline, steps=steps, lr=lr, area=area, smoothness=smoothness,
+                  cell=cell, transforms=transforms, baseline_images=baseline_images, seed=seed, progress=progress)
+    info = {"kept": iso.kept, "area": iso.area, "baseline_score": iso.baseline_score,
+            "stopped": iso.result.stopped}
+    return Attribution("mask", iso.mask, normalize(iso.mask[:, 0], None), iso.target, iso.score, iso.settings, info,
+                       time.perf_counter() - t0)
+
+
+def shared_features(model: nn.Module, image: torch.Tensor, classes, **options) -> tuple[Isolation, torch.Tensor]:
+    """Isolate each of ``classes`` on the same ``image`` ``(C, H, W)`` in one batched run; also
+    returns their shared part ``(1, H, W)``: the minimum of the masks (e.g. for two entangled
+    classes of a prototype, the features both rely on)."""
+    image = image[0] if image.dim() == 4 else image
+    classes = list(classes)
+    iso = isolate(model, image[None].expand(len(classes), -1, -1, -1), classes, **options)
+    return iso, iso.mask.amin(0)
