@@ -1,6 +1,8 @@
 """A folder of images read in batches; unreadable files are skipped with a warning and counted."""
 from __future__ import annotations
 
+import contextlib
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,3 +63,17 @@ class ImageFolder:
             names = ", ".join(p.name for p, _ in self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
             text += f"; skipped {len(self.skipped)} unreadable ({names})"
         return text
+
+
+@contextlib.contextmanager
+def warnings_as_lines():
+    """For the command line: warnings raised inside (e.g. skipped files) are printed as one
+    ``fvis: warning: ...`` line each on stderr, also when the block fails."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                text = str(w.message).removeprefix("fvis: ")
+                print(f"fvis: warning: {text}", file=sys.stderr)

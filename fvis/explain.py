@@ -653,8 +653,7 @@ def _baseline_arg(text: str | None):
 
 def run_cli(args) -> None:
     """``fvis explain``: every requested method on one image; files as :func:`save_attributions`."""
-    import objectives
-
+    from .datasets import warnings_as_lines
     from .io import check_writable, load_image
     from .models import load
 
@@ -669,6 +668,13 @@ def run_cli(args) -> None:
     out = check_writable(args.out)
     model = load(args.model, args.weights, args.device)
     image = load_image(args.image, model.input_size, model.channels)
+    with warnings_as_lines():
+        _run(args, methods, out, model, image)
+
+
+def _run(args, methods, out, model, image) -> None:
+    import objectives
+
     classes = args.class_ or []
     if args.objective:
         target = objectives.parse(args.objective, model.class_names)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .datasets import ImageFolder
+from .datasets import ImageFolder, warnings_as_lines
 from .errors import FvisError
 from .explain import colorize, normalize, overlay
 from .hooks import Capture, frozen, named_layers, resolve_layers
@@ -65,7 +65,7 @@ class FilterView:
 
 
 def filter_view(model: nn.Module, layer: str | None = None, *, max_filters: int = 64, max_inputs: int = 16,
-                zoom: int = 8) -> FilterView:
+                zoom: int | None = None) -> FilterView:
     """Weights of ``layer`` (default: the first conv) as an image (see :class:`FilterView`)."""
     layer = layer or first_conv(model)
     w = _weight(model, layer)
@@ -73,11 +73,12 @@ def filter_view(model: nn.Module, layer: str | None = None, *, max_filters: int 
         w = w.flatten(1)
     if w.dim() == 2:  # 1x1 conv or linear: the weight matrix, one pixel per weight (a few px when small)
         m = w / w.abs().amax(1, keepdim=True).clamp_min(1e-12)
-        scale = max(1, min(zoom, 512 // max(m.shape)))
+        scale = max(1, min(zoom or 8, 512 // max(m.shape)))
         img = (0.5 + 0.5 * m)[None, None]
         img = F.interpolate(img, scale_factor=scale, mode="nearest")[0].expand(3, -1, -1)
         return FilterView(layer, "matrix", tuple(w.shape), img.contiguous(), w.shape[0])
     o, i, kh, kw = w.shape
+    zoom = zoom or max(1, 48 // max(kh, kw))  # about 48 px per tile
     n = min(o, max_filters)
     w = w[:n] / w[:n].flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)  # per filter, 0 -> grey
     if i == getattr(model, "channels", 3) == 3:
@@ -262,8 +263,9 @@ def run_topk_cli(args) -> None:
 
     out = check_writable(args.out)
     model = load(args.model, args.weights, args.device)
-    result = top_k(model, args.images, args.layer, args.channel, k=args.k, x=args.x, y=args.y,
-                   batch_size=args.batch_size, progress=not args.quiet)
+    with warnings_as_lines():
+        result = top_k(model, args.images, args.layer, args.channel, k=args.k, x=args.x, y=args.y,
+                       batch_size=args.batch_size, progress=not args.quiet)
     for i, e in enumerate(result.entries):
         print(f"#{i + 1:<3} {e['score']:10.4g}  {e['path']}")
     skipped = f"; skipped {len(result.skipped)} unreadable file(s)" if result.skipped else ""

@@ -86,7 +86,11 @@ def isolate(model: nn.Module, x: torch.Tensor, target=None, *, baseline="blur", 
     :mod:`fvis.explain`: ``None`` = top-1 class, a class, one per item, or an objective) with
     as little of the input as possible; masked-out parts show ``baseline`` (``"blur"``,
     ``"mean"`` of ``baseline_images``, ``"noise"``, ``"black"``, ``"gray"``, a value or tensor).
-    Runs on :func:`fvis.optimize` with :class:`MaskArea` and :class:`MaskSmoothness` penalties."""
+    Runs on :func:`fvis.optimize` (Adam, ``lr`` on the mask logits) with
+    :class:`regularizers.MaskArea` (weight ``area``) and :class:`regularizers.MaskSmoothness`
+    (weight ``smoothness``); the mask has one cell per ``cell`` px and starts at ``init``.
+    ``transforms``: score the masked input under the engine's random jitter/scale/rotation
+    (:class:`regularizers.TransformRobustness`), so the mask cannot win with pixel-exact artefacts."""
     from objectives import Objective
 
     x = _as_batch(x, model)

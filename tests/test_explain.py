@@ -368,11 +368,10 @@ def test_cli_explain_bad_input_is_one_line(tmp_path, capsys, photo_folder, argv,
 
 
 def test_cli_topk_and_filters(tmp_path, capsys, photo_folder):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code, out, err = run(capsys, "topk", "--model", "efficientnet-lite0", "--layer", "_blocks.4", "--channel", "7",
-                             "--images", photo_folder, "-k", "2", "--quiet", "--out", tmp_path / "top")
+    code, out, err = run(capsys, "topk", "--model", "efficientnet-lite0", "--layer", "_blocks.4", "--channel", "7",
+                         "--images", photo_folder, "-k", "2", "--quiet", "--out", tmp_path / "top")
     assert code == 0, err
+    assert err.startswith("fvis: warning: skipping unreadable image") and "broken.jpg" in err and err.count("\n") == 1
     assert "skipped 1 unreadable file(s)" in out and "top 2 of 4 images" in out
     meta = json.loads((tmp_path / "top" / "topk.json").read_text())
     assert len(meta["top"]) == 2 and meta["read"] == 4 and meta["skipped"][0]["path"].endswith("broken.jpg")
