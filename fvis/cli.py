@@ -151,6 +151,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, type=Path)
     _add_model_args(p)
+    p = sub.add_parser("invert", help="find a prompt that makes a language model emit TEXT (or drives a neuron)")
+    p.add_argument("--model", required=True, help="smollm2-135m (offline), gpt2... (hub), a model folder or .gguf file")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--target", metavar="TEXT", help="the text the model should emit next")
+    what.add_argument("--neuron", metavar="LAYER:INDEX", help="mlp.L:I | resid.L:I | MODULE:I (see fvis layers)")
+    p.add_argument("--position", default="last", help="neuron position: last | all | an index (default: last)")
+    p.add_argument("--length", type=int, default=3, help="prompt tokens K (default 3)")
+    p.add_argument("--restarts", type=int, default=1, help="prompts optimized together (default 1)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--method", choices=["embed", "gcg"], default="embed")
+    p.add_argument("--snap", choices=["cosine", "l2"], default=None, help="nearest-token metric (default l2)")
+    p.add_argument("--snap-weight", type=float, default=None, help="snapping penalty weight (default 0)")
+    p.add_argument("--lr", type=float, default=None, help="embed step size (default 10, normalized steps)")
+    p.add_argument("--prefix", default="", help="fixed text before the prompt")
+    p.add_argument("--suffix", default="", help="fixed text after the prompt")
+    p.add_argument("--init", metavar="TEXT", help="start the first restart from this text (K tokens)")
+    p.add_argument("--ascii-only", action="store_true", help="printable ASCII tokens only")
+    p.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     return parser
 
 
@@ -256,8 +278,15 @@ def cmd_topk(args) -> None:
     run_topk_cli(args)
 
 
+def cmd_invert(args) -> None:
+    from .invert import run_cli
+
+    run_cli(args)
+
+
 COMMANDS = {"models": cmd_models, "layers": cmd_layers, "render": cmd_render, "attack": cmd_attack,
-            "explain": cmd_explain, "filters": cmd_filters, "topk": cmd_topk}
+            "explain": cmd_explain, "filters": cmd_filters, "topk": cmd_topk,
+            "invert": cmd_invert}
 
 
 def main(argv=None) -> int:

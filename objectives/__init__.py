@@ -4,11 +4,11 @@
 >>> o = obj.channel("_blocks.3", 5) - 0.5 * obj.channel("_blocks.3", 7)
 >>> o = obj.batched([obj.class_logit("hummingbird"), obj.class_logit(94)])
 """
-from . import adversarial
+from . import adversarial, language
 from .adversarial import targeted, untargeted
 from .base import Objective, batched
 from .spec import parse
 from .vision import channel, class_logit, diversity, direction, layer, neuron
 
-__all__ = ["Objective", "batched", "parse", "channel", "class_logit", "diversity", "direction", "layer", "neuron",
+__all__ = ["language", "Objective", "batched", "parse", "channel", "class_logit", "diversity", "direction", "layer", "neuron",
            "adversarial", "targeted", "untargeted"]

