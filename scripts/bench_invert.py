@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
                          "ci95": [lo, hi], "median_s": statistics.median(secs) if secs else None,
                          "max_s": max(secs) if secs else None})
     args.out.mkdir(parents=True, exist_ok=True)
-    cmd = "python scripts/bench_invert.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = "python scripts/bench_invert.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     lines = [f"# Prompt inversion: embed+snap vs GCG (SmolLM2-135M, 3-token prompts)", "",
              f"`{cmd}` — {args.targets} targets per set, {args.time_limit:g} s per target per method "
              f"(equal wall time), seed {args.seed}, torch threads {torch.get_num_threads()}, "
