@@ -44,6 +44,15 @@ def model_state(model):
 
 
 @pytest.fixture(scope="module")
+def lite0():
+    """A freshly loaded Lite0 for this module: the sanity thresholds below are for the pretrained
+    weights, and a shared session model can carry BatchNorm statistics updated by another module's
+    train-mode forward."""
+    torch.set_num_threads(2)
+    return fvis.load("efficientnet-lite0")
+
+
+@pytest.fixture(scope="module")
 def espresso_ig(lite0, coffee):
     return E.integrated_gradients(lite0, coffee, steps=64, progress=False)
 
