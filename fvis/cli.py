@@ -103,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, type=Path)
     _add_model_args(p)
+    p = sub.add_parser("evaluate", help="score class images <class index>_*.png: clean p, robustness, transfer, HFER")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--model", required=True, help="the model the images were made for")
+    p.add_argument("--evaluators", default="", metavar="M2,M3", help="independent models for transfer")
+    p.add_argument("--transforms", type=int, default=32, metavar="N", help="held-out transforms for robustness")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="where evaluation.{csv,json,md} go (default: the folder)")
+    _add_model_args(p)
+
     p = sub.add_parser("explain", help="attribution maps (saliency, IG, Grad-CAM, occlusion, mask...) for one image")
     p.add_argument("--model", required=True)
     p.add_argument("--image", required=True, type=Path)
@@ -260,6 +269,22 @@ def cmd_attack(args) -> None:
           f"{s['seconds']:.1f} s{heldout} -> {out}/")
 
 
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate_folder, markdown
+    from .io import check_writable
+    from .models import load
+
+    if args.transforms < 0:
+        raise FvisError(f"--transforms must be >= 0, got {args.transforms}")
+    if not args.folder.is_dir():
+        raise FvisError(f"not a folder: {args.folder}")
+    check_writable(args.out or args.folder)
+    model = load(args.model, args.weights, args.device)
+    evaluators = [load(name.strip(), device=args.device) for name in args.evaluators.split(",") if name.strip()]
+    report = evaluate_folder(args.folder, model, evaluators, args.transforms, args.seed, args.out)
+    print(markdown(report), end="")
+
+
 def cmd_explain(args) -> None:
     from .explain import run_cli
 
@@ -284,7 +309,7 @@ def cmd_invert(args) -> None:
     run_cli(args)
 
 
-COMMANDS = {"models": cmd_models, "layers": cmd_layers, "render": cmd_render, "attack": cmd_attack,
+COMMANDS = {"models": cmd_models, "layers": cmd_layers, "render": cmd_render, "attack": cmd_attack, "evaluate": cmd_evaluate,
             "explain": cmd_explain, "filters": cmd_filters, "topk": cmd_topk,
             "invert": cmd_invert}
 

@@ -92,6 +92,7 @@ def test_nan_loss_stops_and_keeps_last_good_input(lite0):
 
 def test_model_left_as_found_even_on_errors(lite0):
     model = lite0
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # the forward below updates BN stats
     model.net._blocks[3].train()  # a mixed-mode model
     model.net._fc.weight.requires_grad_(False)
     modes = {n: m.training for n, m in model.named_modules()}
@@ -126,6 +127,7 @@ def test_model_left_as_found_even_on_errors(lite0):
         user_pre.remove()
         model.eval()
         model.net._fc.weight.requires_grad_(True)
+        model.load_state_dict(state)  # the session's shared model stays pristine for later tests
 
 
 def test_transforms_are_seeded_per_item_and_keep_size():
