@@ -106,7 +106,8 @@ class _Scorer:
 
 
 def _fast(x: torch.Tensor) -> torch.Tensor:
-    """Channels-last layout: oneDNN's convolutions run about 2x faster on CPU (values unchanged)."""
+    """Channels-last layout for oneDNN convolutions (values unchanged; on 2 CPU cores the Lite0 forward
+    measured 7.8 vs 14 ms per image at batch 16 in isolation, less difference end to end)."""
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
@@ -208,6 +209,13 @@ def colorize(heatmap: torch.Tensor) -> torch.Tensor:
     frac = (t - lo)[..., None]
     rgb = _INFERNO[lo] * (1 - frac) + _INFERNO[lo + 1] * frac
     return rgb.permute(2, 0, 1)
+
+
+def spotlight(image: torch.Tensor, mask: torch.Tensor, floor: float = 0.15) -> torch.Tensor:
+    """``image`` ``(C, H, W)`` dimmed where ``mask`` ``(H, W)`` in [0, 1] is low: what a mask keeps."""
+    if mask.shape[-2:] != image.shape[-2:]:
+        mask = F.interpolate(mask[None, None].float(), image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    return image.float().cpu() * (floor + (1 - floor) * mask.float().cpu().clamp(0, 1))[None]
 
 
 def overlay(image: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.8) -> torch.Tensor:
@@ -584,7 +592,7 @@ def save_attributions(attributions: Sequence[Attribution], image: torch.Tensor, 
     """Write each attribution of ``image`` ``(C, H, W)``: ``<method>.npy`` (or ``.safetensors``,
     with the heatmap too) holding ``raw`` of one item, ``<method>_heatmap.png``,
     ``<method>_overlay.png`` and ``<method>.json`` (settings, class, score, probability, method
-    info such as the IG completeness gap, seconds, versions). Attributions with several items
+    info such as the IG completeness gap, seconds, versions); for ``mask`` also ``mask_kept.png``. Attributions with several items
     (one class each, same image) get ``_<class name>`` suffixes, and a mask with several items
     also ``mask_shared_*`` (the minimum of the masks). Several outputs: ``comparison.png``."""
     import numpy as np
@@ -617,6 +625,8 @@ def save_attributions(attributions: Sequence[Attribution], image: torch.Tensor, 
             written.append(save_image(colorize(a.heatmap[i]), out / f"{stem}_heatmap.png"))
             over = overlay(image, a.heatmap[i])
             written.append(save_image(over, out / f"{stem}_overlay.png"))
+            if a.method == "mask":  # the image as the mask keeps it
+                written.append(save_image(spotlight(image, a.raw[i, 0]), out / f"{stem}_kept.png"))
             info = {k: _item(v, i) for k, v in a.info.items() if k not in ("cam", "grid", "probability")}
             prob = {"probability": float(a.info["probability"][i])} if "probability" in a.info else {}
             written.append(write_json({
