@@ -67,13 +67,12 @@ class ImageFolder:
 
 @contextlib.contextmanager
 def warnings_as_lines():
-    """For the command line: warnings raised inside (e.g. skipped files) are printed as one
-    ``fvis: warning: ...`` line each on stderr, also when the block fails."""
-    with warnings.catch_warnings(record=True) as caught:
+    """For the command line: each warning raised inside (e.g. a skipped file) is printed at once
+    as one ``fvis: warning: ...`` line on stderr, without file/line noise."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"fvis: warning: {str(message).removeprefix('fvis: ')}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():  # restores the filters and showwarning on exit
         warnings.simplefilter("always")
-        try:
-            yield
-        finally:
-            for w in caught:
-                text = str(w.message).removeprefix("fvis: ")
-                print(f"fvis: warning: {text}", file=sys.stderr)
+        warnings.showwarning = show
+        yield

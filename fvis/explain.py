@@ -346,13 +346,17 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, *, base
     total = raw.double().flatten(1).sum(1).float().cpu()
     delta = score - base_score
     gap = total - delta
+    relative = gap.abs() / delta.abs().clamp_min(1e-12)
+    if (relative > 0.05).any():
+        worst = int(relative.argmax())
+        warnings.warn(f"fvis: integrated gradients completeness gap is {float(relative[worst]):.1%} of "
+                      f"f(x) - f(baseline) (item {worst}); use more steps (now {steps})")
     name = baseline if isinstance(baseline, str) else ("constant" if isinstance(baseline, (int, float)) else "tensor")
     return _finish("ig", raw, normalize(reduce_channels(raw, "abssum")), scorer, score, t0,
                    _settings(baseline=name if not isinstance(baseline, (int, float)) else float(baseline),
                              steps=steps, method=method, seed=seed, batch_size=batch_size,
                              baseline_images=str(baseline_images) if baseline_images else None),
-                   baseline_score=base_score, attribution_sum=total, completeness_gap=gap,
-                   relative_gap=gap.abs() / delta.abs().clamp_min(1e-12))
+                   baseline_score=base_score, attribution_sum=total, completeness_gap=gap, relative_gap=relative)
 
 
 # --------------------------------------------------------------------------- Grad-CAM
