@@ -8,7 +8,7 @@ from torch import nn
 import fvis
 from fvis.errors import FvisError
 from fvis.io import load_image, save_image
-from fvis.models import IMAGENET_MEAN, IMAGENET_STD
+from fvis.models import IMAGENET_STD, LITE_MEAN
 
 
 @pytest.mark.parametrize("cls", [fvis.FourierImage, fvis.PixelImage])
@@ -38,12 +38,23 @@ def test_fourier_decay_power_smooths():
 
 def test_lite0_is_real_and_normalizes_once(lite0, coffee):
     assert lite0.input_size == (224, 224) and lite0.class_names[967] == "espresso"
-    assert torch.allclose(lite0.mean.flatten(), torch.tensor(IMAGENET_MEAN))
+    assert torch.allclose(lite0.mean.flatten(), torch.tensor(LITE_MEAN))  # TF Lite weights: (v - 127) / 128
     with torch.no_grad():
         p = lite0(coffee[None]).softmax(1)[0]
         manual = lite0.net(((coffee - lite0.mean[0]) / lite0.std[0])[None]).softmax(1)[0]
     assert p.argmax().item() == 967 and p[967] > 0.5
     assert torch.allclose(p, manual)
+
+
+def test_lite0_normalization_fits_its_batchnorm_statistics(lite0, coffee):
+    """With the right normalization a photo's stem activations spread less within the image than
+    the BatchNorm population statistics allow (ImageNet mean/std would make them ~2x wider)."""
+    with torch.no_grad(), fvis.hooks.Capture(lite0, ["_conv_stem"]) as cap:
+        stem = cap.forward(coffee[None])["_conv_stem"][0]
+    bn = lite0.net._bn0
+    live = bn.running_var > 1e-3
+    ratio = stem.flatten(1).std(1)[live] / bn.running_var[live].sqrt()
+    assert 0.3 < ratio.median() < 1.0
 
 
 def test_local_state_dict_round_trip(lite0, tmp_path):
