@@ -61,16 +61,24 @@ def save_renders(result: Result, model: ImageModel, specs: Sequence[str], out: P
     tops = top_classes(model, result.input)
     written = []
     for i, (spec, name) in enumerate(zip(specs, names)):
-        written.append(save_image(result.input[i], out / f"{name}.png"))
-        write_json({
-            "spec": spec, "model": model.name, "settings": settings, "seed": result.seed,
-            "objective": float(result.values[i]), "steps": result.steps, "stopped": result.stopped,
-            "seconds": round(result.seconds, 3), "seconds_per_step": round(result.seconds_per_step, 5),
-            "batch": len(specs), "top5": tops[i],
-            "history": {"objective": result.history["objective"][:, i].tolist()} if "objective" in result.history else {},
-            "versions": versions(),
-        }, out / f"{name}.json")
+        written.append(save_render(result, i, model, spec, out / name, settings, tops[i])[0])  # the PNG
     if len(specs) > 1:
         labels = [f"{s} ({float(v):.3g})" for s, v in zip(specs, result.values)]
         written.append(contact_sheet(list(result.input), labels, out / "contact_sheet.png"))
     return written
+
+
+def save_render(result: Result, i: int, model: ImageModel, spec: str, stem: Path, settings: dict,
+                top5: list[dict]) -> tuple[Path, Path]:
+    """Item ``i`` of ``result`` as ``<stem>.png``, then ``<stem>.json`` (both atomic: the JSON's
+    presence means the item is complete)."""
+    stem = Path(stem)
+    png = save_image(result.input[i], stem.with_name(stem.name + ".png"))
+    return png, write_json({
+        "spec": spec, "model": model.name, "settings": settings, "seed": result.seed,
+        "objective": float(result.values[i]), "steps": result.steps, "stopped": result.stopped,
+        "seconds": round(result.seconds, 3), "seconds_per_step": round(result.seconds_per_step, 5),
+        "batch": len(result.input), "top5": top5,
+        "history": {"objective": result.history["objective"][:, i].tolist()} if "objective" in result.history else {},
+        "versions": versions(),
+    }, stem.with_name(stem.name + ".json"))
