@@ -8,7 +8,7 @@ from . import adversarial, language
 from .adversarial import targeted, untargeted
 from .base import Objective, batched
 from .spec import parse
-from .vision import channel, class_logit, diversity, direction, layer, neuron
+from .vision import channel, class_logit, class_logits, diversity, direction, equidistant, layer, neuron
 
-__all__ = ["language", "Objective", "batched", "parse", "channel", "class_logit", "diversity", "direction", "layer", "neuron",
+__all__ = ["language", "Objective", "batched", "parse", "channel", "class_logit", "class_logits", "equidistant", "diversity", "direction", "layer", "neuron",
            "adversarial", "targeted", "untargeted"]

@@ -124,19 +124,57 @@ def class_logit(c: int | str, names: Sequence[str] | None = None) -> Objective:
     return Objective(lambda acts: acts[OUTPUT][:, index], [OUTPUT], label, check)
 
 
-def diversity(layer: str) -> Objective:
+def class_logits(classes: Sequence[int], log_prob: bool = False) -> Objective:
+    """Item ``i`` scores the logit (``log_prob``: the log-probability) of class ``classes[i]``:
+    many class images in one batch without one masked objective per item."""
+    index = torch.as_tensor(list(classes), dtype=torch.long)
+
+    def fn(acts):
+        out = acts[OUTPUT]
+        out = out.log_softmax(1) if log_prob else out
+        rows = index.to(out.device).repeat_interleave(acts.copies)  # item-major copies
+        return out.gather(1, rows[:, None])[:, 0]
+
+    def check(acts):
+        out = acts[OUTPUT]
+        if out.dim() != 2:
+            raise FvisError(f"class objective needs (B, classes) model output, got {tuple(out.shape)}")
+        if index.numel() != acts.batch:
+            raise FvisError(f"{index.numel()} classes for a batch of {acts.batch}")
+        bad = [int(c) for c in index if not 0 <= c < out.shape[1]]
+        if bad:
+            raise FvisError(f"class {bad[0]} out of range: the model has {out.shape[1]} classes (valid 0..{out.shape[1] - 1})")
+
+    return Objective(fn, [OUTPUT], "log_prob" if log_prob else "logits", check)
+
+
+def equidistant() -> Objective:
+    """Minus the variance of the class probabilities: maximal where every class is equally
+    likely (Leap Labs' "equidistant baseline", a neutral starting input for prototypes)."""
+    return Objective(lambda acts: -acts[OUTPUT].softmax(1).var(1) * acts[OUTPUT].shape[1] ** 2, [OUTPUT],
+                     "equidistant")
+
+
+def diversity(layer: str, groups: Sequence[int] | None = None) -> Objective:
     """Per item: minus the mean cosine similarity of its Gram matrix at ``layer`` to the other
-    items' (Lucid's diversity). Weight it ~1e2 at batch 4; needs batch >= 2."""
+    items' (Lucid's diversity). ``groups`` (one id per item): compare only items of the same group
+    (e.g. several prototypes per class). Weight it ~1e2 at batch 4; needs batch >= 2."""
+    group = None if groups is None else torch.as_tensor(list(groups))
+
     def fn(acts):
         act = acts[layer]
         a = act.flatten(2) if act.dim() == 4 else act.transpose(1, 2)  # (B, C, N)
         gram = torch.nn.functional.normalize((a @ a.transpose(1, 2)).flatten(1), dim=1)
         sim = gram @ gram.T
-        b = sim.shape[0]
-        return -(sim.sum(1) - sim.diagonal()) / max(b - 1, 1)
+        same = torch.ones_like(sim, dtype=torch.bool) if group is None else (
+            group.to(sim.device).repeat_interleave(acts.copies)[:, None] == group.to(sim.device).repeat_interleave(acts.copies)[None])
+        same.fill_diagonal_(False)
+        return -(sim * same).sum(1) / same.sum(1).clamp_min(1)
 
     def check(acts):
         if acts.batch < 2:
             raise FvisError("diversity needs a batch of at least 2")
+        if group is not None and group.numel() != acts.batch:
+            raise FvisError(f"diversity has groups for {group.numel()} items, the batch has {acts.batch}")
 
     return Objective(fn, [layer], f"diversity:{layer}", check)
