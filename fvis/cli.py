@@ -110,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transforms", type=int, default=32, metavar="N", help="held-out transforms for robustness")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="where evaluation.{csv,json,md} go (default: the folder)")
+    p.add_argument("--reference", type=Path, metavar="DIR",
+                   help="natural images <class index>_*: adds activation-path similarity columns")
+    _add_model_args(p)
+
+    p = sub.add_parser("entangle", help="how entangled classes are: p(class j | prototype of class i), feature cosine")
+    p.add_argument("folder", type=Path, help="prototype images <class index>_*.png")
+    p.add_argument("--model", required=True)
+    p.add_argument("--layer", help="feature layer (default: the pooled penultimate layer, e.g. _avg_pooling)")
+    p.add_argument("--top", type=_positive_int, default=10, help="most entangled pairs to report (default 10)")
+    p.add_argument("--out", type=Path, help="where entanglement.{csv,json,png} go (default: the folder)")
     _add_model_args(p)
 
     p = sub.add_parser("explain", help="attribution maps (saliency, IG, Grad-CAM, occlusion, mask...) for one image")
@@ -281,8 +291,17 @@ def cmd_evaluate(args) -> None:
     check_writable(args.out or args.folder)
     model = load(args.model, args.weights, args.device)
     evaluators = [load(name.strip(), device=args.device) for name in args.evaluators.split(",") if name.strip()]
-    report = evaluate_folder(args.folder, model, evaluators, args.transforms, args.seed, args.out)
+    if args.reference is not None and not args.reference.is_dir():
+        raise FvisError(f"not a folder: {args.reference}")
+    report = evaluate_folder(args.folder, model, evaluators, args.transforms, args.seed, args.out,
+                             reference=args.reference)
     print(markdown(report), end="")
+
+
+def cmd_entangle(args) -> None:
+    from .entangle import run_cli
+
+    run_cli(args)
 
 
 def cmd_explain(args) -> None:
@@ -311,7 +330,7 @@ def cmd_invert(args) -> None:
 
 COMMANDS = {"models": cmd_models, "layers": cmd_layers, "render": cmd_render, "attack": cmd_attack, "evaluate": cmd_evaluate,
             "explain": cmd_explain, "filters": cmd_filters, "topk": cmd_topk,
-            "invert": cmd_invert}
+            "invert": cmd_invert, "entangle": cmd_entangle}
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,10 @@
 For an image ``x`` made for class ``c`` by model A: ``clean_p`` = p_A(c | x); ``robustness`` =
 fraction of held-out random transforms (:func:`fvis.metrics.heldout_transforms`) under which A
 still predicts c; ``transfer`` = top-1 accuracy of independent evaluator models on x; ``hfer`` =
-share of luminance spectral energy above 0.25 cycles/pixel.
+share of luminance spectral energy above 0.25 cycles/pixel; ``path_similarity`` (with a folder of
+natural reference images; Geirhos et al. 2023) = Spearman correlation of x's per-layer pooled
+activations with the class mean of natural images of c, averaged over layers and normalized so that
+natural images of other classes score 0 and (held-out) natural images of c score 1.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import csv
 import io as _io
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,11 +24,13 @@ from torchvision.transforms.v2 import functional as F
 from regularizers import high_frequency_energy
 
 from .errors import FvisError
+from .hooks import Capture, frozen, named_layers, output_shapes
 from .io import _atomic_write, list_images, load_image, write_json
 from .metrics import heldout_predictions
 from .models import ImageModel
 
 COLUMNS = ("image", "class", "name", "clean_p", "robustness", "transfer", "hfer")
+PATH_COLUMNS = ("path_similarity", "path_similarity_raw")
 _CLASS_FILE = re.compile(r"^(\d+)_")
 
 
@@ -79,34 +85,155 @@ def class_images(folder: str | Path) -> tuple[list[Path], list[int]]:
     return files, classes
 
 
+def check_classes(model: ImageModel, classes: Sequence[int]) -> None:
+    """Every class index must exist in ``model``'s output (when it has class names)."""
+    n = len(model.class_names) if model.class_names else None
+    bad = [c for c in classes if n is not None and not 0 <= c < n]
+    if bad:
+        raise FvisError(f"class index {bad[0]} out of range: {model.name} has {n} classes")
+
+
+def load_batch(paths: Sequence[Path], model: ImageModel) -> torch.Tensor:
+    """Image files as one ``(B, C, H, W)`` batch in [0, 1]; resized to the model's input size when
+    their sizes differ."""
+    images = [load_image(p, channels=model.channels) for p in paths]
+    if len({tuple(im.shape[-2:]) for im in images}) > 1:
+        images = [F.resize(im, list(model.input_size), antialias=True).clamp(0, 1) for im in images]
+    return torch.stack(images)
+
+
 def evaluate_folder(folder: str | Path, model: ImageModel, evaluators: Sequence[ImageModel] = (),
                     transforms: int = 32, seed: int = 0, out: str | Path | None = None,
-                    batch_size: int = 16) -> dict:
+                    batch_size: int = 16, reference: str | Path | None = None) -> dict:
     """Score every ``<class>_*.png`` in ``folder``; write ``evaluation.{csv,json,md}`` to ``out``
-    (default: ``folder``). Returns ``{"rows": [...], "mean": {...}}``."""
+    (default: ``folder``). With a ``reference`` folder of natural ``<class>_*`` images, rows also get
+    ``path_similarity`` and ``path_similarity_raw``. Returns ``{"rows": [...], "mean": {...}}``."""
     files, classes = class_images(folder)
-    n_classes = len(model.class_names) if model.class_names else None
-    bad = [c for c in classes if n_classes is not None and not 0 <= c < n_classes]
-    if bad:
-        raise FvisError(f"class index {bad[0]} out of range: {model.name} has {n_classes} classes")
+    check_classes(model, classes)
+    ref = path_reference(model, reference, batch_size=batch_size) if reference is not None else None
     rows = []
     for i in range(0, len(files), batch_size):
-        chunk = files[i:i + batch_size]
-        images = [load_image(p, channels=model.channels) for p in chunk]
-        sizes = {tuple(im.shape[-2:]) for im in images}
-        images = [F.resize(im, list(model.input_size), antialias=True) for im in images] if len(sizes) > 1 else images
-        scores = evaluate_images(model, torch.stack(images), classes[i:i + batch_size], evaluators, transforms, seed)
-        for path, c, s in zip(chunk, classes[i:i + batch_size], scores):
+        chunk, chunk_classes = files[i:i + batch_size], classes[i:i + batch_size]
+        images = load_batch(chunk, model)
+        scores = evaluate_images(model, images, chunk_classes, evaluators, transforms, seed)
+        if ref is not None:
+            for s, path in zip(scores, ref.score(pooled_activations(model, images, ref.layers), chunk_classes)):
+                s.update(path)
+        for path, c, s in zip(chunk, chunk_classes, scores):
             name = model.class_names[c] if model.class_names else str(c)
             rows.append({"image": path.name, "class": c, "name": name, **s})
-    mean = {k: _mean([r[k] for r in rows]) for k in ("clean_p", "robustness", "transfer", "hfer")}
+    metrics = COLUMNS[3:] + (PATH_COLUMNS if ref else ())
+    mean = {k: _mean([r[k] for r in rows]) for k in metrics}
     report = {"model": model.name, "evaluators": [e.name for e in evaluators], "transforms": transforms,
               "seed": seed, "mean": mean, "rows": rows}
+    if ref is not None:
+        missing = sorted({c for c in classes if c not in ref.means})
+        if missing:
+            warnings.warn(f"no reference images of class(es) {', '.join(map(str, missing))} in {reference}: "
+                          f"their path similarity is empty")
+        report["reference"] = {"folder": str(reference), "images": ref.images, "layers": ref.layers,
+                               "same": ref.same, "other": ref.other}
     out = Path(out or folder)
     write_json(report, out / "evaluation.json")
-    _atomic_write(out / "evaluation.csv", lambda f: f.write(_csv(rows).encode()))
+    _atomic_write(out / "evaluation.csv", lambda f: f.write(_csv(rows, _columns(report)).encode()))
     _atomic_write(out / "evaluation.md", lambda f: f.write(markdown(report).encode()))
     return report
+
+
+def pooled(t: torch.Tensor) -> torch.Tensor:
+    """Mean per channel over positions: ``(B, C, H, W) -> (B, C)``; ``(B, T, D) -> (B, D)``
+    (mean over tokens); ``(B, D)`` unchanged."""
+    return t.mean((2, 3)) if t.dim() == 4 else t.mean(1) if t.dim() == 3 else t.flatten(1)
+
+
+@torch.no_grad()
+def pooled_activations(model: ImageModel, images: torch.Tensor, layers: Sequence[str]) -> list[torch.Tensor]:
+    """One forward of ``(B, C, H, W)`` images (resized to the model's input size): the
+    :func:`pooled` output of each layer (``"output"``: the logits), one ``(B, C_l)`` per layer."""
+    device = next(model.parameters()).device
+    with frozen(model), Capture(model, layers) as cap:
+        acts = cap.forward(_at_size(model, images.to(device)))
+    return [pooled(acts[name]).float().cpu() for name in layers]
+
+
+def path_layers(model: ImageModel, max_layers: int = 8) -> list[str]:
+    """Default layers for path similarity: every ``_blocks.N`` output (EfficientNet); otherwise
+    ``max_layers`` modules evenly spaced (in ``named_modules`` order) among those whose output is
+    4-D in one dry forward."""
+    blocks = [n for n in named_layers(model) if re.fullmatch(r"_blocks\.\d+", n)]
+    if blocks:
+        return blocks
+    x = torch.full((1, model.channels, *model.input_size), 0.5, device=next(model.parameters()).device)
+    conv = [n for n, _, shape, calls in output_shapes(model, x)[:-1]
+            if calls and isinstance(shape, tuple) and len(shape) == 4]
+    if not conv:
+        raise FvisError(f"{model.name} has no layer with a 4-D (B, C, H, W) output for path similarity")
+    picks = sorted({round(i * (len(conv) - 1) / max(max_layers - 1, 1)) for i in range(max_layers)})
+    return [conv[i] for i in picks]
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation along the last dim: ``a (N, D)``, ``b (N, D)`` or ``(D,)`` -> ``(N,)``.
+    Ranks by a stable double argsort: tied values get distinct ranks (no tie averaging)."""
+    ra, rb = (t.argsort(dim=-1, stable=True).argsort(-1).double() for t in (a, b.expand_as(a)))
+    ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
+    return (ra * rb).sum(-1) / (ra.norm(dim=-1) * rb.norm(dim=-1))
+
+
+def path_profile(acts: Sequence[torch.Tensor], means: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-layer Spearman correlations of pooled activations ``acts[l] (N, C_l)`` with ``means[l]``
+    (``(C_l,)`` or ``(N, C_l)``): ``(N, L)``; its mean over layers is the raw path similarity."""
+    return torch.stack([spearman(a, m) for a, m in zip(acts, means)], 1)
+
+
+@dataclass
+class PathReference:
+    """Class means of natural images' pooled activations and the two normalization baselines:
+    ``same[c]`` = mean raw similarity of each natural image of c to the mean of the *other* images
+    of c (``None`` with a single image); ``other[c]`` = mean raw similarity of natural images of the
+    other classes to c's mean (``None`` without other classes)."""
+    layers: list[str]
+    means: dict[int, list[torch.Tensor]]
+    same: dict[int, float | None]
+    other: dict[int, float | None]
+    images: int
+
+    def score(self, acts: Sequence[torch.Tensor], classes: Sequence[int]) -> list[dict]:
+        """``path_similarity`` (normalized, or ``None``) and ``path_similarity_raw`` per image,
+        from :func:`pooled_activations` over ``self.layers``."""
+        rows = []
+        for i, c in enumerate(classes):
+            if c not in self.means:
+                rows.append(dict.fromkeys(PATH_COLUMNS))
+                continue
+            raw = float(path_profile([a[i:i + 1] for a in acts], self.means[c]).mean())
+            same, other = self.same[c], self.other[c]
+            norm = (raw - other) / (same - other) if same is not None and other is not None and same != other else None
+            rows.append({"path_similarity": norm, "path_similarity_raw": raw})
+        return rows
+
+
+def path_reference(model: ImageModel, folder: str | Path, layers: Sequence[str] | None = None,
+                   batch_size: int = 16) -> PathReference:
+    """Pooled activations of the natural images ``<class>_*`` in ``folder`` (resized on the short
+    side and centre-cropped to the model's input size) and the baselines of :class:`PathReference`."""
+    files, classes = class_images(folder)
+    check_classes(model, classes)
+    layers = list(layers or path_layers(model))
+    parts = [pooled_activations(model, torch.stack([load_image(p, model.input_size, model.channels)
+                                                     for p in files[i:i + batch_size]]), layers)
+             for i in range(0, len(files), batch_size)]
+    acts = [torch.cat(per_layer) for per_layer in zip(*parts)]
+    labels = torch.tensor(classes)
+    means, same, other = {}, {}, {}
+    for c in sorted(set(classes)):
+        mine = labels == c
+        n = int(mine.sum())
+        means[c] = [a[mine].mean(0) for a in acts]
+        loo = [(a[mine].sum(0) - a[mine]) / max(n - 1, 1) for a in acts]  # leave-one-out class means
+        same[c] = float(path_profile([a[mine] for a in acts], loo).mean()) if n > 1 else None
+        other[c] = float(path_profile([a[~mine] for a in acts], means[c]).mean()) if n < len(classes) else None
+    return PathReference(layers, means, same, other, len(files))
 
 
 def _mean(values):
@@ -118,23 +245,31 @@ def _fmt(v) -> str:
     return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def _csv(rows: list[dict]) -> str:
+def _columns(report: dict) -> tuple[str, ...]:
+    return COLUMNS + (PATH_COLUMNS if "reference" in report else ())
+
+
+def _csv(rows: list[dict], columns: Sequence[str] = COLUMNS) -> str:
     buf = _io.StringIO()
     writer = csv.writer(buf)
     names = sorted({k for r in rows for k in r["top1"]})
-    writer.writerow(list(COLUMNS) + [f"top1_{n}" for n in names])
+    writer.writerow(list(columns) + [f"top1_{n}" for n in names])
     for r in rows:
-        writer.writerow([_fmt(r[k]) for k in COLUMNS] + [int(r["top1"][n]) for n in names])
+        writer.writerow([_fmt(r[k]) for k in columns] + [int(r["top1"][n]) for n in names])
     return buf.getvalue()
 
 
 def markdown(report: dict) -> str:
     """The evaluation as a Markdown table with a mean row."""
+    columns = _columns(report)
+    ref = report.get("reference")
+    path = (f" Path similarity against {ref['images']} natural images in {ref['folder']} "
+            f"({len(ref['layers'])} layers).") if ref else ""
     lines = [f"Model {report['model']}; evaluators {', '.join(report['evaluators']) or 'none'}; "
-             f"{report['transforms']} held-out transforms (seed {report['seed']}).", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+             f"{report['transforms']} held-out transforms (seed {report['seed']}).{path}", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in report["rows"]:
-        lines.append("| " + " | ".join(_fmt(r[k]).replace("|", "\\|") for k in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_fmt(r[k]).replace("|", "\\|") for k in columns) + " |")
     m = report["mean"]
-    lines.append("| **mean** | | | " + " | ".join(_fmt(m[k]) for k in ("clean_p", "robustness", "transfer", "hfer")) + " |")
+    lines.append("| **mean** | | | " + " | ".join(_fmt(m[k]) for k in columns[3:]) + " |")
     return "\n".join(lines) + "\n"

@@ -66,3 +66,81 @@ def test_evaluate_rejects_bad_folders(tmp_path, capsys):
     Image.new("RGB", (50, 50)).save(tmp_path / "5000_x.png")
     assert main(["evaluate", str(tmp_path), "--model", "efficientnet-lite0"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    try:
+        from scipy.stats import spearmanr
+    except ImportError:  # numpy ranks (no ties in pooled block outputs)
+        ra, rb = a.argsort().argsort(), b.argsort().argsort()
+        return float(np.corrcoef(ra, rb)[0, 1])
+    return float(spearmanr(a, b).statistic)
+
+
+def _blocks_pooled(model, x: torch.Tensor) -> list[np.ndarray]:
+    """Spatial mean of every `_blocks.N` output, (B, C_l) per block, with plain forward hooks."""
+    out = []
+    handles = [b.register_forward_hook(lambda m, i, o: out.append(o.mean((2, 3)).double().numpy()))
+               for b in model.net._blocks]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def test_path_similarity_photo_beats_noise_and_matches_spearman(lite0, tmp_path):
+    from skimage import data
+
+    ref, folder = tmp_path / "ref", tmp_path / "eval"
+    ref.mkdir(), folder.mkdir()
+    for c, photo in ((967, data.coffee()), (285, data.chelsea())):
+        w = photo.shape[1]
+        Image.fromarray(np.ascontiguousarray(photo[:, : w * 3 // 4])).save(ref / f"{c}_left.png")
+        Image.fromarray(np.ascontiguousarray(photo[:, ::-1])).save(ref / f"{c}_flip.png")
+    right = torch.from_numpy(data.coffee()[:, 150:]).permute(2, 0, 1).float() / 255  # a crop not in ref
+    right = F.center_crop(F.resize(right, [224], antialias=True), [224, 224])
+    Image.fromarray((right.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / "967_right.png")
+    noise = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "967_noise.png")
+
+    assert main(["evaluate", str(folder), "--model", "efficientnet-lite0", "--transforms", "0",
+                 "--reference", str(ref)]) == 0
+    report = json.loads((folder / "evaluation.json").read_text())
+    rows = {r["image"]: r for r in report["rows"]}
+    photo, fake = rows["967_right.png"], rows["967_noise.png"]
+    assert photo["path_similarity"] > 0.5 > 0 > fake["path_similarity"]
+    assert photo["path_similarity_raw"] > fake["path_similarity_raw"]
+    assert report["reference"]["layers"] == [f"_blocks.{i}" for i in range(16)]
+
+    # by hand: per-block Spearman against the class mean of the natural images, averaged over blocks
+    names = sorted(p.name for p in ref.iterdir())
+    pooled = _blocks_pooled(lite0, torch.stack([load_image(ref / n, 224) for n in names]))
+    refs = {n: [a[i:i + 1] for a in pooled] for i, n in enumerate(names)}
+    coffee = [np.mean([refs["967_left.png"][l][0], refs["967_flip.png"][l][0]], 0) for l in range(16)]
+    x = _blocks_pooled(lite0, load_image(folder / "967_right.png")[None])
+    raw = np.mean([_spearman(x[l][0], coffee[l]) for l in range(16)])
+    assert photo["path_similarity_raw"] == pytest.approx(raw, abs=1e-6)
+    # s_same: each coffee image against the other one (leave-one-out); s_other: the cats against coffee's mean
+    same = np.mean([_spearman(refs["967_left.png"][l][0], refs["967_flip.png"][l][0]) for l in range(16)])
+    other = np.mean([_spearman(refs[f"285_{k}.png"][l][0], coffee[l]) for k in ("left", "flip") for l in range(16)])
+    assert report["reference"]["same"]["967"] == pytest.approx(same, abs=1e-6)
+    assert report["reference"]["other"]["967"] == pytest.approx(other, abs=1e-6)
+    assert photo["path_similarity"] == pytest.approx((raw - other) / (same - other), abs=1e-5)
+    with open(folder / "evaluation.csv") as f:
+        assert next(csv.reader(f))[7:9] == ["path_similarity", "path_similarity_raw"]
+    assert "| path_similarity | path_similarity_raw |" in (folder / "evaluation.md").read_text()
+
+
+def test_path_similarity_single_reference_image_and_missing_class(lite0, tmp_path):
+    from fvis.evaluate import path_reference
+
+    for c in (1, 2):
+        Image.new("RGB", (64, 64), (40 * c, 90, 200)).save(tmp_path / f"{c}_x.png")
+    ref = path_reference(lite0, tmp_path)
+    assert ref.same == {1: None, 2: None} and ref.other[1] is not None
+    rows = ref.score([torch.zeros(1, a.shape[0]).add_(torch.arange(a.shape[0])) for a in ref.means[1]], [1])
+    assert rows[0]["path_similarity"] is None and rows[0]["path_similarity_raw"] is not None
+    assert ref.score([m[None] for m in ref.means[1]], [3]) == [{"path_similarity": None, "path_similarity_raw": None}]

@@ -1,0 +1,137 @@
+"""Entanglement between classes, measured on their prototype images.
+
+For S classes with prototype images ``<class index>_*.png``: ``P[i, j]`` = p(class j | prototype of
+class i), the softmax of the model's logits restricted to the S classes (each row sums to 1; several
+prototypes of one class: their rows are averaged), and ``cosine[i, j]`` = cosine similarity of the
+classes' mean pooled penultimate features. Pairs rank by the symmetric score (P[i, j] + P[j, i]) / 2.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .errors import FvisError
+from .evaluate import check_classes, class_images, load_batch, pooled_activations
+from .hooks import named_layers
+from .io import _atomic_write, write_json
+from .models import ImageModel
+
+
+def default_layer(model: ImageModel) -> str:
+    """The pooled penultimate layer: the last module whose name ends in ``pool``/``pooling``
+    (``_avg_pooling`` for EfficientNet, ``avgpool`` for ResNets)."""
+    pools = [n for n in named_layers(model) if n.rsplit(".", 1)[-1].lower().endswith(("pool", "pooling"))]
+    if not pools:
+        raise FvisError(f"{model.name} has no module named *pool*: name the feature layer with --layer "
+                        f"(`fvis layers {model.name}` lists them)")
+    return pools[-1]
+
+
+def entanglement(logits: torch.Tensor, features: torch.Tensor, classes: Sequence[int]):
+    """``logits (N, K)`` and pooled ``features (N, D)`` of N prototypes of ``classes`` ->
+    ``(P (S, S), cosine (S, S), the S distinct classes sorted)``."""
+    labels = torch.as_tensor(list(classes))
+    kept = sorted(set(labels.tolist()))
+    probs = logits[:, kept].double().softmax(1)  # (N, S): p renormalized over the chosen classes
+    P = torch.stack([probs[labels == c].mean(0) for c in kept])
+    means = torch.nn.functional.normalize(torch.stack([features[labels == c].double().mean(0) for c in kept]), dim=1)
+    return P, means @ means.T, kept
+
+
+def ranked_pairs(P: torch.Tensor, cosine: torch.Tensor, classes: Sequence[int], names: Sequence[str],
+                 top: int | None = None) -> list[dict]:
+    """Pairs ``i < j`` by ``(P[i, j] + P[j, i]) / 2``, most entangled first."""
+    S = len(classes)
+    pairs = [{"a": classes[i], "b": classes[j], "name_a": names[i], "name_b": names[j],
+              "score": float(P[i, j] + P[j, i]) / 2, "p_b_given_a": float(P[i, j]),
+              "p_a_given_b": float(P[j, i]), "feature_cosine": float(cosine[i, j])}
+             for i in range(S) for j in range(i + 1, S)]
+    return sorted(pairs, key=lambda p: -p["score"])[:top]
+
+
+def entangle_folder(folder: str | Path, model: ImageModel, layer: str | None = None, top: int = 10,
+                    out: str | Path | None = None, batch_size: int = 16) -> dict:
+    """Entanglement of the prototypes in ``folder``; writes ``entanglement.{csv,json,png}`` and
+    ``entanglement_features.csv`` to ``out`` (default: ``folder``). Returns the JSON report."""
+    files, classes = class_images(folder)
+    check_classes(model, classes)
+    if len(set(classes)) < 2:
+        raise FvisError(f"entanglement needs prototypes of at least two classes; {folder} has only class {classes[0]}")
+    layer = layer or default_layer(model)
+    parts = [pooled_activations(model, load_batch(files[i:i + batch_size], model), [layer, "output"])
+             for i in range(0, len(files), batch_size)]
+    features, logits = (torch.cat(t) for t in zip(*parts))
+    P, cosine, kept = entanglement(logits, features, classes)
+    names = [model.class_names[c] if model.class_names else str(c) for c in kept]
+    report = {"model": model.name, "layer": layer, "classes": kept, "names": names,
+              "images": [p.name for p in files], "probability": P, "feature_cosine": cosine,
+              "pairs": ranked_pairs(P, cosine, kept, names, top)}
+    out = Path(out or folder)
+    write_json(report, out / "entanglement.json")
+    _atomic_write(out / "entanglement.csv", lambda f: f.write(_csv(P, names).encode()))
+    _atomic_write(out / "entanglement_features.csv", lambda f: f.write(_csv(cosine, names).encode()))
+    heatmap(P, names, out / "entanglement.png", f"{model.name}: p(column | prototype of row), "
+                                                   f"renormalized over {len(kept)} classes")
+    return report
+
+
+def _csv(matrix: torch.Tensor, names: Sequence[str]) -> str:
+    buf = _io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["prototype", *names])
+    for name, row in zip(names, matrix.tolist()):
+        writer.writerow([name, *(f"{v:.6f}" for v in row)])
+    return buf.getvalue()
+
+
+def heatmap(matrix: torch.Tensor, names: Sequence[str], path: str | Path, title: str) -> Path | None:
+    """An ``(S, S)`` matrix in [0, 1] as a PNG heatmap with class names as tick labels (values written
+    in the cells when S <= 20). Needs matplotlib; without it, warns and writes nothing."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        warnings.warn(f"{Path(path).name} not written: matplotlib is not installed (pip install matplotlib)")
+        return None
+    S = len(names)
+    side = min(4 + 0.45 * S, 40)
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix.numpy(), vmin=0, vmax=1, cmap="viridis")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_xticks(range(S), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(S), names, fontsize=8)
+    ax.set_xlabel("class j")
+    ax.set_ylabel("prototype of class i")
+    ax.set_title(title, fontsize=9)
+    if S <= 20:
+        for i in range(S):
+            for j in range(S):
+                v = float(matrix[i, j])
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > 0.6 else "white")
+    return _atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def run_cli(args) -> None:
+    """``fvis entangle DIR --model M [--layer L] [--top N] [--out DIR]``: write the files, print the top pairs."""
+    from .io import check_writable
+    from .models import load
+
+    if not args.folder.is_dir():
+        raise FvisError(f"not a folder: {args.folder}")
+    out = check_writable(args.out or args.folder)
+    model = load(args.model, args.weights, args.device)
+    report = entangle_folder(args.folder, model, args.layer, args.top, out)
+    print(f"# {model.name}, {len(report['classes'])} classes, features from {report['layer']}; "
+          f"score = (p(b|a) + p(a|b)) / 2, p renormalized over the classes")
+    labels = [(f"{p['a']} {p['name_a']}", f"{p['b']} {p['name_b']}") for p in report["pairs"]]
+    width = max(len(text) for pair in labels for text in pair)
+    print(f"{'a':<{width}}  {'b':<{width}}  {'score':>6} {'p(b|a)':>6} {'p(a|b)':>6} {'cosine':>6}")
+    for (a, b), p in zip(labels, report["pairs"]):
+        print(f"{a:<{width}}  {b:<{width}}  {p['score']:6.4f} {p['p_b_given_a']:6.4f} "
+              f"{p['p_a_given_b']:6.4f} {p['feature_cosine']:6.3f}")
+    print(f"-> {out}/entanglement.{{csv,json,png}}, entanglement_features.csv")
