@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="where entanglement.{csv,json,png} go (default: the folder)")
     _add_model_args(p)
 
+    p = sub.add_parser("gallery", help="a static index.html of a run folder (images, settings, metrics, curves)")
+    p.add_argument("folder", type=Path, help="run folder (searched recursively for *.png with a *.json)")
+    p.add_argument("--out", type=Path, help="HTML file (default: FOLDER/index.html)")
+
     p = sub.add_parser("explain", help="attribution maps (saliency, IG, Grad-CAM, occlusion, mask...) for one image")
     p.add_argument("--model", required=True)
     p.add_argument("--image", required=True, type=Path)
@@ -304,6 +308,12 @@ def cmd_entangle(args) -> None:
     run_cli(args)
 
 
+def cmd_gallery(args) -> None:
+    from .gallery import run_cli
+
+    run_cli(args)
+
+
 def cmd_explain(args) -> None:
     from .explain import run_cli
 
@@ -330,7 +340,7 @@ def cmd_invert(args) -> None:
 
 COMMANDS = {"models": cmd_models, "layers": cmd_layers, "render": cmd_render, "attack": cmd_attack, "evaluate": cmd_evaluate,
             "explain": cmd_explain, "filters": cmd_filters, "topk": cmd_topk,
-            "invert": cmd_invert, "entangle": cmd_entangle}
+            "invert": cmd_invert, "entangle": cmd_entangle, "gallery": cmd_gallery}
 
 
 def main(argv=None) -> int:

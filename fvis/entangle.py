@@ -118,6 +118,7 @@ def heatmap(matrix: torch.Tensor, names: Sequence[str], path: str | Path, title:
 
 def run_cli(args) -> None:
     """``fvis entangle DIR --model M [--layer L] [--top N] [--out DIR]``: write the files, print the top pairs."""
+    from .datasets import warnings_as_lines
     from .io import check_writable
     from .models import load
 
@@ -125,7 +126,8 @@ def run_cli(args) -> None:
         raise FvisError(f"not a folder: {args.folder}")
     out = check_writable(args.out or args.folder)
     model = load(args.model, args.weights, args.device)
-    report = entangle_folder(args.folder, model, args.layer, args.top, out)
+    with warnings_as_lines():
+        report = entangle_folder(args.folder, model, args.layer, args.top, out)
     print(f"# {model.name}, {len(report['classes'])} classes, features from {report['layer']}; "
           f"score = (p(b|a) + p(a|b)) / 2, p renormalized over the classes")
     labels = [(f"{p['a']} {p['name_a']}", f"{p['b']} {p['name_b']}") for p in report["pairs"]]

@@ -90,9 +90,9 @@ def test_entangle_bad_input(tmp_path, capsys):
     assert run(tmp_path / "missing") == (2, f"fvis: error: not a folder: {tmp_path / 'missing'}\n")
     (tmp_path / "empty").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "empty" / "unnamed.png")
-    with pytest.warns(UserWarning):
-        code, err = run(tmp_path / "empty")
-    assert code == 2 and "no images named <class index>_<anything>" in err
+    code, err = run(tmp_path / "empty")
+    assert code == 2 and err.startswith("fvis: warning: skipped 1 file(s) not named <class index>_<anything>")
+    assert err.endswith("fvis: error: no images named <class index>_<anything> in " + str(tmp_path / "empty") + "\n")
     (tmp_path / "one").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "one" / "5000_x.png")
     code, err = run(tmp_path / "one")
