@@ -75,8 +75,8 @@ def entangle_folder(folder: str | Path, model: ImageModel, layer: str | None = N
     write_json(report, out / "entanglement.json")
     _atomic_write(out / "entanglement.csv", lambda f: f.write(_csv(P, names).encode()))
     _atomic_write(out / "entanglement_features.csv", lambda f: f.write(_csv(cosine, names).encode()))
-    heatmap(P, names, out / "entanglement.png", f"{model.name}: p(column | prototype of row), "
-                                                   f"renormalized over {len(kept)} classes")
+    heatmap([(P, f"{model.name}: p(j | prototype of i), renormalized over {len(kept)} classes"),
+             (cosine, f"cosine of {layer} features")], names, out / "entanglement.png")
     return report
 
 
@@ -89,30 +89,34 @@ def _csv(matrix: torch.Tensor, names: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def heatmap(matrix: torch.Tensor, names: Sequence[str], path: str | Path, title: str) -> Path | None:
-    """An ``(S, S)`` matrix in [0, 1] as a PNG heatmap with class names as tick labels (values written
-    in the cells when S <= 20). Needs matplotlib; without it, warns and writes nothing."""
+def heatmap(panels: Sequence[tuple[torch.Tensor, str]], names: Sequence[str], path: str | Path) -> Path | None:
+    """``(S, S)`` matrices side by side as PNG heatmaps (``(matrix, title)`` each; colour scale
+    [0, 1], or [-1, 1] when a matrix has negative values) with class names as tick labels and the
+    values written in the cells when S <= 20. Needs matplotlib; without it, warns and writes nothing."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         warnings.warn(f"{Path(path).name} not written: matplotlib is not installed (pip install matplotlib)")
         return None
     S = len(names)
-    side = min(4 + 0.45 * S, 40)
-    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
-    ax = fig.add_subplot()
-    image = ax.imshow(matrix.numpy(), vmin=0, vmax=1, cmap="viridis")
-    fig.colorbar(image, ax=ax, shrink=0.8)
-    ax.set_xticks(range(S), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(S), names, fontsize=8)
-    ax.set_xlabel("class j")
-    ax.set_ylabel("prototype of class i")
-    ax.set_title(title, fontsize=9)
-    if S <= 20:
-        for i in range(S):
-            for j in range(S):
-                v = float(matrix[i, j])
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > 0.6 else "white")
+    side = min(4 + 0.45 * S, 30)
+    fig = Figure(figsize=((side + 1.5) * len(panels), side), layout="constrained")
+    for k, (matrix, title) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        lo = -1.0 if float(matrix.min()) < 0 else 0.0
+        image = ax.imshow(matrix.float().numpy(), vmin=lo, vmax=1, cmap="viridis")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        ax.set_xticks(range(S), names, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(S), names if k == 0 else [], fontsize=8)
+        ax.set_xlabel("class j")
+        ax.set_ylabel("prototype of class i" if k == 0 else "")
+        ax.set_title(title, fontsize=9)
+        if S <= 20:
+            for i in range(S):
+                for j in range(S):
+                    v = float(matrix[i, j])
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="black" if (v - lo) / (1 - lo) > 0.6 else "white")
     return _atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
 
 

@@ -112,5 +112,5 @@ def test_heatmap_without_matplotlib_warns(monkeypatch, tmp_path):
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
     with pytest.warns(UserWarning, match="matplotlib is not installed"):
-        assert heatmap(torch.eye(2), ["a", "b"], tmp_path / "h.png", "t") is None
+        assert heatmap([(torch.eye(2), "t")], ["a", "b"], tmp_path / "h.png") is None
     assert not (tmp_path / "h.png").exists()
