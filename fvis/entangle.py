@@ -66,6 +66,8 @@ def entangle_folder(folder: str | Path, model: ImageModel, layer: str | None = N
     parts = [pooled_activations(model, load_batch(files[i:i + batch_size], model), [layer, "output"])
              for i in range(0, len(files), batch_size)]
     features, logits = (torch.cat(t) for t in zip(*parts))
+    if max(classes) >= logits.shape[1]:
+        raise FvisError(f"class index {max(classes)} out of range: {model.name} has {logits.shape[1]} outputs")
     P, cosine, kept = entanglement(logits, features, classes)
     names = [model.class_names[c] if model.class_names else str(c) for c in kept]
     report = {"model": model.name, "layer": layer, "classes": kept, "names": names,
