@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+    p = sub.add_parser("sweep", help="run a TOML list of jobs into a resumable run folder (torchrun: split across ranks)")
+    p.add_argument("config", type=Path, help="TOML: defaults (out, steps, size, seed, device, batch) and [[job]] tables")
+    p.add_argument("--out", type=Path, metavar="RUN_DIR", help="run folder (default: the config's out)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -338,9 +343,15 @@ def cmd_invert(args) -> None:
     run_cli(args)
 
 
+def cmd_sweep(args) -> None:
+    from .sweep import sweep
+
+    sweep(args.config, args.out, progress=not args.quiet)
+
+
 COMMANDS = {"models": cmd_models, "layers": cmd_layers, "render": cmd_render, "attack": cmd_attack, "evaluate": cmd_evaluate,
             "explain": cmd_explain, "filters": cmd_filters, "topk": cmd_topk,
-            "invert": cmd_invert, "entangle": cmd_entangle, "gallery": cmd_gallery}
+            "invert": cmd_invert, "sweep": cmd_sweep, "entangle": cmd_entangle, "gallery": cmd_gallery}
 
 
 def main(argv=None) -> int:
