@@ -8,6 +8,8 @@ exactly as it is saved, re-classified.
 """
 from __future__ import annotations
 
+import math
+
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +71,7 @@ def quantize(clean: torch.Tensor, adversarial: torch.Tensor, eps: float, norm: s
     level = (adversarial - clean) * 255
     q = level.round()
     if norm == "linf":
-        bound = torch.floor(torch.tensor(255 * eps) + 1e-6)
+        bound = float(math.floor(255 * eps + 1e-6))
         q = q.clamp(-bound, bound)
     else:
         over = q.flatten(1).norm(dim=1) > 255 * eps + 1e-4

@@ -149,7 +149,7 @@ class Perturbation(Parameterization):
         self.shape = tuple(image.shape)
         self.register_buffer("image", image.contiguous())
         delta = torch.zeros(self.shape)
-        if random_start:
+        if random_start:  # drawn on the CPU from the seeded generator (same values on every device)
             g = _generator(seed)
             if norm == "linf":
                 delta = torch.empty(self.shape).uniform_(-eps, eps, generator=g)
@@ -158,6 +158,7 @@ class Perturbation(Parameterization):
                 direction = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
                 radius = torch.rand(self.shape[0], generator=g).view(-1, 1, 1, 1) * eps
                 delta = direction * radius
+        delta = delta.to(image.device)
         self.delta = nn.Parameter(delta)
         self.after_step()
 
