@@ -34,7 +34,7 @@ PARAMS = ("fourier", "maco", "pixel")
 class Prototype:
     """One generated class image. ``image``: ``(C, H, W)`` in [0, 1]; ``metrics``: clean_p,
     robustness, transfer, hfer (see :mod:`fvis.evaluate`); ``history``: per-step values of each
-    loss term for this item."""
+    loss term for this item; ``seconds``: the batch's generation time (no evaluation) / items."""
 
     cls: int
     name: str
@@ -57,25 +57,28 @@ def prototype_stem(cls: int, name: str, k: int = 0, per_class: int = 1) -> str:
     return f"{cls}_{slug(name)}" + (f"_{k}" if per_class > 1 else "")
 
 
-def matching_regularizer(model: ImageModel, match: str, classes: Sequence[int] = (), layers=None,
+def matching_regularizer(model: ImageModel, match: str, classes: Sequence[int] = (), layers="per-block",
                          cache=None, progress: bool = False, class_weight: float = 1.0):
     """``"bn"`` (BatchNorm running statistics), ``"images:DIR"`` (statistics of reference
-    images at the BN layers, cached; a class-mean term for classes that have images in DIR named
-    ``<class>_*``) or ``"none"``: an :class:`regularizers.ActivationMatching` or ``None``."""
+    images at the same layers, cached; a class-mean term for classes that have images in DIR
+    named ``<class>_*``) or ``"none"``: an :class:`regularizers.ActivationMatching` or ``None``.
+    ``layers``: layer names, or ``"per-block"`` (one BN per block, default) / ``"all"`` BN layers
+    (reference images on a model without BatchNorm: 8 evenly spaced 4-D layers)."""
     if match == "none":
         return None
-    bn = reg.batchnorm_stats(model, layers)  # also picks the layers for reference images
     if match == "bn":
-        return reg.ActivationMatching(bn)
+        return reg.ActivationMatching(reg.batchnorm_stats(model, layers))
     if match.startswith("images:"):
+        from .evaluate import path_layers
         from .reference import reference_stats
 
-        ref = reference_stats(model, match.split(":", 1)[1], list(bn), cache=cache, progress=progress)
+        names = list(layers) if not isinstance(layers, str) else reg.batchnorm_layers(model, layers) or path_layers(model)
+        ref = reference_stats(model, match.split(":", 1)[1], names, cache=cache, progress=progress)
         rows = {int(c): i for i, c in enumerate(ref["classes"].tolist())}
         class_rows = [rows.get(int(c), -1) for c in classes]
-        last = list(bn)[-1:]  # class means at the deepest matched layer
-        use_class = any(r >= 0 for r in class_rows) and last[0] in ref["class_means"]
-        return reg.ActivationMatching(ref["stats"], class_means={last[0]: ref["class_means"][last[0]]} if use_class else None,
+        last = names[-1]  # class means at the deepest matched layer
+        use_class = any(r >= 0 for r in class_rows) and last in ref["class_means"]
+        return reg.ActivationMatching(ref["stats"], class_means={last: ref["class_means"][last]} if use_class else None,
                                       classes=class_rows if use_class else None, class_weight=class_weight)
     raise FvisError(f"unknown --match {match!r}: use bn, images:DIR or none")
 
@@ -129,8 +132,9 @@ def spread(base: torch.nn.Module, param: torch.nn.Module, seed: int = 0, noise: 
 
 def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, per_class: int = 1, steps: int = 512,
                     match: str = "bn", param: str = "fourier", init: str = "equidistant", size=None, lr: float = 0.05,
-                    seed: int = 0, transforms: bool = True, tv: float = 0.0, high_freq: float = 1.0,
-                    match_ratio: float = 1.0, match_weight: float | None = None, class_weight: float = 1.0,
+                    seed: int = 0, transforms: bool = True, tv: float = 0.0, high_freq: float = 10.0,
+                    match_ratio: float = 1.0, match_weight: float | None = None, match_layers="per-block",
+                    class_weight: float = 1.0,
                     diversity: float = 0.0, decay_power: float = 1.0, log_prob: bool = False,
                     reference: str | Path | None = None, cache=None, evaluators: Sequence[ImageModel] = (),
                     heldout: int = 32, progress: bool = True) -> list[Prototype]:
@@ -138,7 +142,8 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, per_clas
 
     ``match``: ``"bn"`` | ``"images:DIR"`` | ``"none"`` (activation-distribution matching source);
     its weight is ``match_weight`` or, by default, balanced so its starting gradient norm is
-    ``match_ratio`` x the objective's. ``param``: ``fourier`` | ``maco`` | ``pixel``; ``maco`` uses
+    ``match_ratio`` x the objective's; ``match_layers``: ``"per-block"`` | ``"all"`` | names of BN
+    layers. ``param``: ``fourier`` | ``maco`` | ``pixel``; ``maco`` uses
     the amplitude spectrum of ``reference`` images (a folder) or the shipped one. ``init``:
     ``equidistant`` | ``random``. ``tv`` / ``high_freq``: frequency penalty weights (total
     variation; share of spectral energy above 0.25 cycles/px). ``diversity``: weight of a
@@ -165,14 +170,14 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, per_clas
     baseline_p = None
     if init == "equidistant":
         base = make_param(param, size, 1, model.channels, seed, decay_power, magnitude).to(device)
-        baseline_p = equidistant_start(model, base, seed=seed)
+        baseline_p = equidistant_start(model, base, steps=max(8, steps // 8), lr=lr, seed=seed)
         spread(base, image, seed)
 
     objective = obj.class_logits(item_classes, log_prob=log_prob)
     regs = [reg.TransformRobustness()] if transforms else []
     if tv or high_freq:
         regs.append(reg.FrequencyPenalty(tv=tv, high_freq=high_freq))
-    matching = matching_regularizer(model, match, item_classes, cache=cache, progress=progress, class_weight=class_weight)
+    matching = matching_regularizer(model, match, item_classes, match_layers, cache, progress, class_weight)
     if matching is not None:
         matching = matching.to(device)
         if match_weight is None:
@@ -181,16 +186,18 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, per_clas
             matching.weight = float(match_weight)
         regs.append(matching)
     if diversity and per_class > 1:
-        layer = matching.layers[-1] if matching is not None else reg.batchnorm_stats(model).popitem()[0]
+        from .evaluate import path_layers
+        layer = matching.layers[-1] if matching is not None else path_layers(model)[-1]
         objective = objective + diversity * obj.diversity(layer, groups=item_classes)
 
     result = optimize(model, objective, image, regs, steps=steps, lr=lr, seed=seed, progress=progress)
+    seconds = time.perf_counter() - start  # generation only (set-up, balancing, start, steps)
     scores = evaluate_images(model, result.input, item_classes, evaluators, heldout, seed)
-    seconds = time.perf_counter() - start
     settings = {"model": model.name, "steps": steps, "match": match, "param": param, "init": init,
                 "size": list(size) if not isinstance(size, int) else [size, size], "lr": lr, "seed": seed,
                 "transforms": transforms, "tv": tv, "high_freq": high_freq, "match_ratio": match_ratio,
                 "match_weight": None if matching is None else round(matching.weight, 6), "class_weight": class_weight,
+                "match_layers": None if matching is None else list(matching.layers),
                 "diversity": diversity, "decay_power": decay_power, "log_prob": log_prob,
                 "reference": None if reference is None else str(reference), "batch": len(items),
                 "equidistant_max_p": baseline_p, "evaluators": [e.name for e in evaluators],

@@ -5,10 +5,10 @@
 """
 from .base import Regularizer
 from .mask import MaskArea, MaskSmoothness
-from .matching import ActivationMatching, batchnorm_stats
+from .matching import ActivationMatching, batchnorm_layers, batchnorm_stats
 from .snap import Snap, nearest
 from .penalties import L1, L2, FrequencyPenalty, LpPenalty, high_frequency_energy
 from .transforms import DEFAULT_SCALES, TransformRobustness
 
-__all__ = ["Regularizer", "ActivationMatching", "batchnorm_stats", "Snap", "nearest", "L1", "L2", "LpPenalty", "FrequencyPenalty", "high_frequency_energy",
+__all__ = ["Regularizer", "ActivationMatching", "batchnorm_layers", "batchnorm_stats", "Snap", "nearest", "L1", "L2", "LpPenalty", "FrequencyPenalty", "high_frequency_energy",
            "TransformRobustness", "DEFAULT_SCALES", "MaskArea", "MaskSmoothness"]

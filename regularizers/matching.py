@@ -7,6 +7,7 @@ layer, per-channel ``mean`` and ``std`` of natural activations, and optionally a
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
@@ -20,7 +21,17 @@ from .base import Regularizer
 def _channel_stats(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-item, per-channel spatial mean and std of ``(N, C, H, W)`` (or ``(N, C)``): two ``(N, C)``."""
     flat = act.flatten(2) if act.dim() > 2 else act.unsqueeze(-1)
-    return flat.mean(-1), (flat.var(-1, unbiased=False) + 1e-8).sqrt()
+    var, mean = torch.var_mean(flat, -1, correction=0)
+    return mean, (var + 1e-8).sqrt()
+
+
+def _subsample(act: torch.Tensor, max_positions: int) -> torch.Tensor:
+    """Every s-th row and column of a ``(N, C, H, W)`` map so that at most ~``max_positions``
+    positions remain (statistics estimated on a regular grid; cheaper forward and backward)."""
+    if act.dim() != 4 or act.shape[-1] * act.shape[-2] <= max_positions:
+        return act
+    s = math.ceil(math.sqrt(act.shape[-1] * act.shape[-2] / max_positions))
+    return act[..., ::s, ::s]
 
 
 class ActivationMatching(Regularizer):
@@ -34,11 +45,16 @@ class ActivationMatching(Regularizer):
     Args:
         stats: ``{layer: {"mean": (C,), "std": (C,), "target_std": (C,) optional}}``.
         weight: overall weight (see :func:`fvis.prototype.balance` to set it automatically).
+        std_floor: natural stds are floored at this fraction of the layer's median std, so a
+            rarely-active channel of a small reference set cannot dominate.
+        max_positions: statistics of large maps are estimated on a regular subgrid of about
+            this many positions (cheaper; the estimate of a mean over 1024 positions is tight).
     """
 
     def __init__(self, stats: Mapping[str, Mapping[str, torch.Tensor]], weight: float = 1.0,
                  layer_weights: Mapping[str, float] | None = None, class_means: Mapping[str, torch.Tensor] | None = None,
-                 classes=None, class_weight: float = 1.0, name: str = "matching"):
+                 classes=None, class_weight: float = 1.0, std_floor: float = 0.1, max_positions: int = 1024,
+                 name: str = "matching"):
         super().__init__(weight, name)
         if not stats:
             raise FvisError("activation matching needs statistics for at least one layer")
@@ -49,12 +65,14 @@ class ActivationMatching(Regularizer):
             raise FvisError(f"layer_weights for layers without statistics: {sorted(unknown)}")
         self.layer_weights = {l: float(lw.get(l, 1.0)) / len(stats) for l in stats}
         for i, (layer, s) in enumerate(stats.items()):
-            mean, std = torch.as_tensor(s["mean"]).float(), torch.as_tensor(s["std"]).float().clamp_min(1e-5)
+            mean, std = torch.as_tensor(s["mean"]).float(), torch.as_tensor(s["std"]).float()
+            std = std.clamp_min(max(std_floor * float(std.median()), 1e-5))  # rarely-active channels
             target = torch.as_tensor(s.get("target_std", torch.ones_like(std))).float()
             self.register_buffer(f"_stat{i}", torch.stack([mean, std, target]))
         self.class_means = {l: torch.as_tensor(v).float() for l, v in (class_means or {}).items()}
         self.classes = None if classes is None else torch.as_tensor(classes, dtype=torch.long)
         self.class_weight = float(class_weight)
+        self.max_positions = max_positions
 
     def _stat(self, i: int) -> torch.Tensor:
         return getattr(self, f"_stat{i}")
@@ -74,7 +92,7 @@ class ActivationMatching(Regularizer):
         out = {}
         for i, layer in enumerate(self.layers):
             mean, std, target = self._stat(i).to(acts[layer])
-            mu, sigma = _channel_stats(acts[layer])
+            mu, sigma = _channel_stats(_subsample(acts[layer], self.max_positions))
             term = (((mu - mean) / std) ** 2 + ((sigma - target * std) / std) ** 2).mean(1)
             out[layer] = term.view(acts.batch, -1).mean(1)
         return out
@@ -93,16 +111,39 @@ class ActivationMatching(Regularizer):
         return self.weight * total
 
 
+def batchnorm_layers(model: nn.Module, which: str = "all") -> list[str]:
+    """Names of the model's BatchNorm layers: ``"all"``, or ``"per-block"``: in each parent
+    module the narrowest one (fewest channels; the last on ties), e.g. the projection BN that
+    ends each EfficientNet block: one layer per block, a fraction of the cost of all."""
+    from fvis.hooks import named_layers
+
+    bns = {n: m for n, m in named_layers(model).items() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if which == "all":
+        return list(bns)
+    if which != "per-block":
+        raise FvisError(f"unknown BatchNorm layer choice {which!r}: use all or per-block")
+    best: dict[str, str] = {}
+    for name, bn in bns.items():
+        parent = name.rpartition(".")[0]
+        if parent not in best or bn.num_features <= bns[best[parent]].num_features:
+            best[parent] = name
+    chosen = set(best.values())
+    return [n for n in bns if n in chosen]
+
+
 def batchnorm_stats(model: nn.Module, layers=None, target_std: float = 1.0) -> dict[str, dict[str, torch.Tensor]]:
     """Data-free natural statistics from BatchNorm running averages, in terms of each BN layer's
     *output* (which fvis captures): natural inputs ``~ (running_mean, running_var)`` give outputs
     with mean ``beta`` and std ``|gamma| sqrt(var / (var + eps))``. ``target_std``: the within-image
     spread asked for, relative to that population std. Dead channels (``|gamma| < 1e-3`` or
-    ``var < 1e-6``) are ignored. ``layers``: BN module names (default: all)."""
+    ``var < 1e-6``) are ignored. ``layers``: BN module names, or ``"all"`` / ``"per-block"``
+    (:func:`batchnorm_layers`; default all)."""
     from fvis.hooks import named_layers
 
     all_layers = named_layers(model)
     bns = {n: m for n, m in all_layers.items() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if isinstance(layers, str):
+        layers = batchnorm_layers(model, layers)
     if layers is not None:
         missing = [l for l in layers if l not in bns]
         if missing:

@@ -1,0 +1,165 @@
+"""Prototypes: activation matching, reference statistics cache, MACO, equidistant start, CLI."""
+import json
+
+import pytest
+import torch
+
+import fvis
+import objectives as obj
+import regularizers as reg
+from fvis.cli import main
+from fvis.errors import FvisError
+from fvis.hooks import Capture, frozen
+from fvis.io import load_image, save_image
+from fvis.param import MacoImage, natural_magnitude, resample_magnitude
+from fvis.prototype import balance, make_prototypes, prototype_stem
+from fvis.reference import reference_stats
+
+
+def _acts(model, layers, x):
+    with frozen(model), Capture(model, layers, truncate=False) as cap:
+        return cap.forward(x)
+
+
+def test_matching_is_zero_at_the_reference_statistics_and_grows_with_drift(lite0, coffee):
+    layers = ["_blocks.3._bn2", "_blocks.9._bn2"]
+    acts = _acts(lite0, layers, coffee[None])
+    stats = {}
+    for l in layers:  # the statistics of this very image
+        flat = acts[l].flatten(2)[0]
+        std = flat.std(1, unbiased=False)
+        stats[l] = {"mean": flat.mean(1), "std": std, "target_std": torch.ones_like(std)}
+    match = reg.ActivationMatching(stats, std_floor=0.0)
+    assert match.penalty(coffee[None], acts).item() == pytest.approx(0.0, abs=1e-6)
+    shifted = {l: {**s, "mean": s["mean"] + 0.5 * s["std"]} for l, s in stats.items()}
+    wider = {l: {**s, "std": s["std"] * 2.0} for l, s in stats.items()}
+    p_shift = reg.ActivationMatching(shifted, std_floor=0.0).penalty(coffee[None], acts).item()
+    p_more = reg.ActivationMatching({l: {**s, "mean": s["mean"] + 1.0 * s["std"]} for l, s in stats.items()},
+                                    std_floor=0.0).penalty(coffee[None], acts).item()
+    assert p_shift == pytest.approx(0.25, rel=1e-3)  # (0.5 std)^2 per channel, mean over layers
+    assert p_more > p_shift > 0
+    assert reg.ActivationMatching(wider, std_floor=0.0).penalty(coffee[None], acts).item() > 0.2
+
+
+def test_batchnorm_statistics_tell_a_photo_from_noise(lite0, coffee):
+    match = reg.ActivationMatching(reg.batchnorm_stats(lite0, "per-block"))
+    layers = list(match.layers)
+    assert layers[0] == "_bn0" and all(l.endswith("_bn2") for l in layers[1:]) and len(layers) == 17
+    noise = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    photo = match.penalty(coffee[None], _acts(lite0, layers, coffee[None])).item()
+    assert photo < 0.5 * match.penalty(noise, _acts(lite0, layers, noise)).item()
+    with pytest.raises(FvisError, match="not BatchNorm layers"):
+        reg.batchnorm_stats(lite0, ["_blocks.3"])
+
+
+def test_reference_statistics_cache_round_trips(lite0, coffee, tmp_path):
+    folder = tmp_path / "ref"
+    save_image(coffee, folder / "967_coffee.png")
+    save_image(coffee.flip(-1), folder / "967_coffee_flip.png")
+    save_image(coffee.flip(-2), folder / "other.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    layers = ["_blocks.3._bn2", "_blocks.15._bn2"]
+    with pytest.warns(UserWarning):
+        first = reference_stats(lite0, folder, layers, cache=tmp_path / "cache")
+    assert not first["cached"] and first["images"] == 3 and first["classes"].tolist() == [967]
+    assert len(list((tmp_path / "cache" / "stats").glob("*.safetensors"))) == 1
+    again = reference_stats(lite0, folder, layers, cache=tmp_path / "cache")  # no model run: no warning
+    assert again["cached"]
+    for l in layers:
+        for k in ("mean", "std", "target_std"):
+            assert torch.equal(first["stats"][l][k], again["stats"][l][k])
+        assert torch.equal(first["class_means"][l], again["class_means"][l])
+    # the population mean is the mean of the three images' spatial means
+    saved = torch.stack([load_image(folder / n, 224) for n in ("967_coffee.png", "967_coffee_flip.png", "other.png")])
+    expected = _acts(lite0, layers, saved)["_blocks.3._bn2"].mean((2, 3))
+    assert torch.allclose(first["stats"]["_blocks.3._bn2"]["mean"], expected.mean(0), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(first["class_means"]["_blocks.3._bn2"][0], expected[:2].mean(0), atol=1e-4, rtol=1e-4)
+
+
+def test_balance_sets_the_gradient_ratio(lite0):
+    image = fvis.FourierImage(96, batch=2, seed=0)
+    match = reg.ActivationMatching(reg.batchnorm_stats(lite0, "per-block"))
+    objective = obj.class_logits([94, 980])
+    w = balance(lite0, objective, image, match, ratio=2.0)
+    assert w == match.weight > 0
+    # check the ratio by hand
+    params = list(image.parameters())
+    with frozen(lite0), Capture(lite0, set(match.layers) | {"output"}, truncate=False) as cap:
+        x = image()
+        acts = cap.forward(x)
+        g_obj = torch.autograd.grad(objective(acts).sum(), params, retain_graph=True)[0].norm()
+        g_pen = torch.autograd.grad(match.penalty(x, acts).sum(), params)[0].norm()
+    assert (g_pen / g_obj).item() == pytest.approx(2.0, rel=1e-3)
+
+
+def test_maco_keeps_its_amplitude_spectrum_and_follows_its_phase():
+    image = MacoImage((64, 96), batch=2, seed=0)
+    assert image().shape == (2, 3, 64, 96) and 0 <= image().min() and image().max() <= 1
+    params = [n for n, _ in image.named_parameters()]
+    assert params == ["phase"]  # only the phase is optimized
+    pre = torch.fft.irfft2(torch.polar(image.magnitude.expand_as(image.phase), image.phase), s=(64, 96), norm="ortho")
+    assert torch.allclose(torch.fft.rfft2(pre, norm="ortho").abs()[:, :, 1:, 1:-1],
+                          image.magnitude.expand(2, -1, -1, -1)[:, :, 1:, 1:-1], rtol=1e-3, atol=1e-5)
+    assert reg.high_frequency_energy(image()).max() < 0.05  # natural amplitude -> natural HFER
+    photos = torch.rand(3, 3, 80, 80)
+    assert natural_magnitude(photos, 64).shape == (3, 64, 33)
+    assert resample_magnitude(natural_magnitude(photos), (40, 50)).shape == (3, 40, 26)
+
+
+def test_objectives_for_prototypes(lite0):
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    acts = _acts(lite0, ["output", "_blocks.15"], x)
+    out = acts["output"]
+    assert torch.equal(obj.class_logits([1, 5, 7])(acts), out[torch.arange(3), torch.tensor([1, 5, 7])])
+    assert torch.allclose(obj.class_logits([1, 5, 7], log_prob=True)(acts),
+                          out.log_softmax(1)[torch.arange(3), torch.tensor([1, 5, 7])])
+    eq = obj.equidistant()(acts)
+    assert torch.allclose(eq, -out.softmax(1).var(1) * 1000 ** 2)
+    grouped = obj.diversity("_blocks.15", groups=[0, 0, 1])(acts)
+    assert grouped[2].item() == 0.0 and grouped[0].item() == pytest.approx(grouped[1].item())
+    with pytest.raises(FvisError, match="out of range"):
+        obj.class_logits([1, 5, 1000]).check(acts)
+
+
+def test_short_prototype_run_raises_the_target_probability(lite0):
+    with torch.no_grad():
+        chance = lite0(torch.full((1, 3, 128, 128), 0.5)).softmax(1)[0, [94, 980]]
+    protos = make_prototypes(lite0, ["hummingbird", 980], steps=24, size=128, match="bn", heldout=4,
+                             progress=False)
+    assert [p.cls for p in protos] == [94, 980] and [p.stem for p in protos] == ["94_hummingbird", "980_volcano"]
+    for p, c in zip(protos, chance):
+        assert p.metrics["clean_p"] > max(0.3, 50 * c.item())
+        assert p.image.shape == (3, 128, 128) and len(p.history["matching"]) == 24
+    assert protos[0].settings["match_weight"] > 0 and protos[0].settings["equidistant_max_p"] < 0.2
+    assert prototype_stem(94, "hummingbird", 1, 3) == "94_hummingbird_1"
+
+
+def test_prototype_cli_writes_images_json_index_and_sheet(tmp_path, capsys):
+    out = tmp_path / "protos"
+    rc = main(["prototype", "--model", "efficientnet-lite0", "--classes", "980,goldfinch", "--per-class", "2",
+               "--steps", "6", "--size", "96", "--heldout", "2", "--quiet", "--out", str(out)])
+    assert rc == 0
+    names = sorted(p.name for p in out.iterdir())
+    for stem in ("980_volcano_0", "980_volcano_1", "11_goldfinch_0", "11_goldfinch_1"):
+        assert f"{stem}.png" in names and f"{stem}.json" in names
+    assert "index.json" in names and "contact_sheet.png" in names
+    meta = json.loads((out / "11_goldfinch_1.json").read_text())
+    assert meta["class"] == 11 and meta["settings"]["diversity"] == 50.0 and "clean_p" in meta["metrics"]
+    index = json.loads((out / "index.json").read_text())
+    assert len(index["items"]) == 4
+    assert "980_volcano_0.png" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--classes", "hummingbrid"], "unknown class name"),
+    (["--classes", "1000"], "out of range"),
+    (["--classes", "94", "--match", "pixels"], "unknown --match"),
+    (["--classes", "94", "--match", "images:/no/such/dir"], "not a folder"),
+    (["--classes", "94", "--match-layers", "_blocks.3"], "not BatchNorm layers"),
+])
+def test_prototype_cli_bad_input(tmp_path, capsys, argv, message):
+    rc = main(["prototype", "--model", "efficientnet-lite0", "--steps", "2", "--size", "64", "--quiet",
+               "--out", str(tmp_path / "o"), *argv])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
