@@ -126,7 +126,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                 items.restore_done()
             done = step
             if step in thresholds:
-                snapshots[step] = param().detach().cpu()
+                snapshots[step] = param().detach().to("cpu", copy=True)  # never a view of the parameter
             bar.set_postfix(objective=f"{value.mean().item():.4g}")
         loop_seconds = time.perf_counter() - loop_start
         with torch.no_grad():
@@ -136,7 +136,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                 final = param().detach()
                 values = objective(capture.forward(final, batch)).detach()
         values = values.cpu()
-    return Result(input=final.cpu(), values=values,
+    return Result(input=final.to("cpu", copy=True), values=values,
                   history={k: torch.stack(v) for k, v in history.items()}, snapshots=snapshots,
                   seed=seed, steps=done, seconds=time.perf_counter() - start, loop_seconds=loop_seconds,
                   stopped=stopped, done=None if items is None or stop is None else items.done.cpu(),

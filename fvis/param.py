@@ -132,8 +132,11 @@ class Perturbation(Parameterization):
             (seeded by ``seed``); otherwise at the clean image.
         batch: repeat a single image this many times.
 
-    ``after_step`` projects ``delta`` onto the ball, then onto the box (which only shrinks
-    each coordinate, so the norm bound still holds).
+    The optimized tensor is the perturbed image itself (``adv``; ``delta`` = ``adv - image``),
+    stepped and projected with the same arithmetic as torchattacks' PGD (``adv + step``, then
+    ``image + clamp(adv - image)`` clamped to the box), so identical gradients give identical
+    images. ``after_step`` projects onto the ball, then onto the box (which only shrinks each
+    coordinate of ``adv - image``, so the norm bound still holds).
     """
 
     def __init__(self, image: torch.Tensor, eps: float, norm: str = "linf", random_start: bool = False,
@@ -158,22 +161,32 @@ class Perturbation(Parameterization):
                 direction = direction / direction.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
                 radius = torch.rand(self.shape[0], generator=g).view(-1, 1, 1, 1) * eps
                 delta = direction * radius
-        delta = delta.to(image.device)
-        self.delta = nn.Parameter(delta)
-        self.after_step()
+        self.adv = nn.Parameter((image + delta.to(image.device)).clamp(0, 1))
+        if self.distance().max() > self.eps:  # rounding pushed a start outside the ball
+            self.after_step()
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """``(B, C, H, W)`` the perturbation ``adv - image`` (a new tensor)."""
+        return self.adv.detach() - self.image
+
+    def distance(self) -> torch.Tensor:
+        """``(B,)`` the norm of each item's perturbation (L-inf or L2, pixel-value units)."""
+        d = self.delta.flatten(1)
+        return d.abs().amax(1) if self.norm == "linf" else d.norm(dim=1)
 
     @torch.no_grad()
     def after_step(self) -> None:
-        d = self.delta
+        d = self.adv - self.image
         if self.norm == "linf":
             d.clamp_(-self.eps, self.eps)
         else:
             norms = d.flatten(1).norm(dim=1).clamp_min(1e-12)
             d.mul_((self.eps / norms).clamp(max=1.0).view(-1, 1, 1, 1))
-        d.copy_((self.image + d).clamp(0, 1) - self.image)
+        self.adv.copy_((self.image + d).clamp(0, 1))
 
     def forward(self) -> torch.Tensor:
-        return self.image + self.delta
+        return self.adv
 
 
 def natural_magnitude(images: torch.Tensor, size=None) -> torch.Tensor:

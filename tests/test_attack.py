@@ -26,7 +26,7 @@ def test_projection_keeps_ball_and_box_exactly(norm):
     eps = 0.03 if norm == "linf" else 0.5
     p = Perturbation(image, eps, norm, random_start=True, seed=3)
     with torch.no_grad():
-        p.delta.add_(torch.randn(p.delta.shape, generator=g))  # a wild step far outside the ball
+        p.adv.add_(torch.randn(p.adv.shape, generator=g))  # a wild step far outside the ball
     p.after_step()
     x, d = p(), p.delta.detach().flatten(1)
     size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
