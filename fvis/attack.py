@@ -141,7 +141,7 @@ def attack(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[in
     b = clean.shape[0]
     targeted = target is not None
     given = target if targeted else labels
-    if given is not None:  # range-checked by the objective on the engine's dry run
+    if given is not None:  # range-checked by the objective on the engine's first step
         classes = torch.as_tensor(given, dtype=torch.long, device=device).flatten().expand(b).clone()
     else:
         with torch.no_grad():
@@ -165,7 +165,7 @@ def attack(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[in
 
         result = optimize(model, objective, param, regs, steps=steps, lr=step_size, optimizer=make_optimizer,
                           seed=seed + r, progress=progress, stop=stop if early_stop else None,
-                          keep_best=best_iterate)
+                          keep_best=best_iterate, final_values=False)  # judged below, on 8-bit images
         adv_q, score, prob = _judge(model, clean[todo], result.input.to(device), eps, norm, cls, targeted)
         better = score > best_score[todo]
         keep = todo[better]

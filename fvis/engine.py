@@ -21,7 +21,7 @@ class Result:
     """What :func:`optimize` returns.
 
     ``input``: final ``param()`` (detached, CPU). ``values``: final objective per item ``(B,)``,
-    measured on ``input`` without transforms. ``history``: per-term, per-step, per-item values,
+    measured on ``input`` without transforms (``None`` with ``final_values=False``). ``history``: per-term, per-step, per-item values,
     ``name -> (steps, B)`` (``"objective"`` total, each objective leaf, each penalty).
     ``snapshots``: ``step -> input`` at the requested thresholds. ``seconds``: total wall time;
     ``loop_seconds``: the steps alone.
@@ -31,7 +31,7 @@ class Result:
     """
 
     input: torch.Tensor
-    values: torch.Tensor
+    values: torch.Tensor | None
     history: dict[str, torch.Tensor]
     snapshots: dict[int, torch.Tensor]
     seed: int
@@ -51,7 +51,7 @@ class Result:
 def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regularizers: Sequence = (), *,
              steps: int = 256, lr: float = 0.05, optimizer: str | Callable = "adam", seed: int = 0,
              thresholds: Iterable[int] = (), progress: bool = True, truncate: bool = True,
-             stop: Callable | None = None, keep_best: bool = False) -> Result:
+             stop: Callable | None = None, keep_best: bool = False, final_values: bool = True) -> Result:
     """Maximize ``objective`` over the input produced by ``param``.
 
     Each step: ``x = param()``; regularizer transforms (seeded by ``seed``); forward through
@@ -69,6 +69,9 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     is stepped as ``opt.step(score)``, where ``score(x) -> (N,)`` is the objective minus penalties
     of any N model inputs ``x`` (no gradients, no transforms; the run's hooks and truncation).
     The objective must not depend on batch positions (no ``.on()``) for this to make sense.
+
+    ``final_values=False`` skips the closing forward pass that measures ``values`` (then
+    ``None``) for callers that score the input themselves; ``keep_best`` still needs it.
     """
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(optimizer, param.parameters(), lr)
@@ -80,15 +83,14 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     stopped, done = None, 0
     start = time.perf_counter()
     with frozen(model), Capture(model, layers, truncate=truncate) as capture:
-        with torch.no_grad():  # dry run on a transformed input (own generator: the run's draws stay as seeded)
+        with torch.no_grad():  # dry run on one transformed item (own generator: the run's draws stay as seeded)
             x_in, dry_generator = param(), torch.Generator().manual_seed(seed)
             batch = x_in.shape[0]
+            x_in = x_in[:1] if isinstance(x_in, torch.Tensor) else x_in
             for r in regularizers:
                 x_in = r.transform(x_in, dry_generator)
-        acts = capture.plan(x_in, batch)  # validates layers and indices, counts calls, enables truncation
-        objective.check(acts)
-        for r in regularizers:
-            r.check(acts)
+        capture.plan(x_in, 1 if isinstance(x_in, torch.Tensor) else batch)  # layers exist; counts calls for truncation
+        checked = False  # objective / regularizer checks (indices, classes, shapes) not run yet
         last_good = {k: v.detach().clone() for k, v in param.state_dict().items()}
         items = _PerItem(param, batch, stop, keep_best) if stop or keep_best else None
         loop_start = time.perf_counter()
@@ -99,6 +101,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
             for r in regularizers:
                 x_in = r.transform(x_in, generator)
             acts = capture.forward(x_in, batch)
+            checked = checked or _check(objective, regularizers, acts)  # on the first step's activations
             trace: dict[str, torch.Tensor] = {}
             value = objective(acts, trace)
             penalties = {n: p for n, r in zip(names, regularizers) if (p := r.penalty(x, acts)) is not None}
@@ -129,18 +132,29 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                 snapshots[step] = param().detach().to("cpu", copy=True)  # never a view of the parameter
             bar.set_postfix(objective=f"{value.mean().item():.4g}")
         loop_seconds = time.perf_counter() - loop_start
-        with torch.no_grad():
-            final = param().detach()
-            values = objective(capture.forward(final, batch)).detach()
-            if items is not None and items.finish(values):  # some items go back to an earlier, better step
-                final = param().detach()
-                values = objective(capture.forward(final, batch)).detach()
-        values = values.cpu()
+        final, values = param().detach(), None
+        if final_values or keep_best or not checked:
+            with torch.no_grad():
+                acts = capture.forward(final, batch)
+                checked = checked or _check(objective, regularizers, acts)  # a run of 0 steps
+                values = objective(acts).detach()
+                if items is not None and items.finish(values):  # some items go back to an earlier, better step
+                    final = param().detach()
+                    values = objective(capture.forward(final, batch)).detach()
+            values = values.cpu()
     return Result(input=final.to("cpu", copy=True), values=values,
                   history={k: torch.stack(v) for k, v in history.items()}, snapshots=snapshots,
                   seed=seed, steps=done, seconds=time.perf_counter() - start, loop_seconds=loop_seconds,
                   stopped=stopped, done=None if items is None or stop is None else items.done.cpu(),
                   done_step=None if items is None or stop is None else items.done_step(done).cpu())
+
+
+def _check(objective, regularizers, acts) -> bool:
+    """Validate the objective and regularizers against real activations (clear errors, not index errors)."""
+    objective.check(acts)
+    for r in regularizers:
+        r.check(acts)
+    return True
 
 
 class _PerItem:

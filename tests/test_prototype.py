@@ -163,3 +163,16 @@ def test_prototype_cli_bad_input(tmp_path, capsys, argv, message):
     assert rc == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_well_made_prototypes_are_not_entangled(lite0, tmp_path):
+    """Entanglement of real prototypes: rows sum to 1 and each prototype is mostly its own class."""
+    from fvis.entangle import entangle_folder
+    from fvis.prototype import save_prototypes
+
+    protos = make_prototypes(lite0, [94, 980, 967], steps=32, size=128, heldout=0, progress=False)
+    save_prototypes(protos, tmp_path)
+    report = entangle_folder(tmp_path, lite0)
+    P = torch.tensor(report["probability"], dtype=torch.float64)
+    assert torch.allclose(P.sum(1), torch.ones(3, dtype=torch.float64), atol=1e-5)
+    assert P.diagonal().min() > 0.8
