@@ -9,6 +9,7 @@ generation). All classes x ``per_class`` render in one batched :func:`fvis.optim
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -154,6 +155,11 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, per_clas
     start = time.perf_counter()
     names = model.class_names
     idx = [resolve_class(c, names) if names else int(c) for c in classes]
+    repeated = sorted({c for i, c in enumerate(idx) if c in idx[:i]})
+    if repeated:  # "94,hummingbird" names one class twice: one set of prototypes, not two files colliding
+        warnings.warn(f"fvis: class(es) {', '.join(map(str, repeated))} given more than once; made once "
+                      f"(use --per-class for several prototypes of a class)")
+        idx = list(dict.fromkeys(idx))
     if per_class < 1:
         raise FvisError(f"per_class must be >= 1, got {per_class}")
     if init not in ("equidistant", "random"):

@@ -176,3 +176,10 @@ def test_well_made_prototypes_are_not_entangled(lite0, tmp_path):
     P = torch.tensor(report["probability"], dtype=torch.float64)
     assert torch.allclose(P.sum(1), torch.ones(3, dtype=torch.float64), atol=1e-5)
     assert P.diagonal().min() > 0.8
+
+
+def test_a_class_named_twice_is_made_once(lite0):
+    """'94,hummingbird' is one class: one prototype (a second would overwrite the first's files)."""
+    with pytest.warns(UserWarning, match="given more than once"):
+        protos = make_prototypes(lite0, [94, "hummingbird"], steps=2, size=64, heldout=0, progress=False)
+    assert [p.cls for p in protos] == [94]
