@@ -155,8 +155,8 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, per_clas
     start = time.perf_counter()
     names = model.class_names
     idx = [resolve_class(c, names) if names else int(c) for c in classes]
-    repeated = sorted({c for i, c in enumerate(idx) if c in idx[:i]})
-    if repeated:  # "94,hummingbird" names one class twice: one set of prototypes, not two files colliding
+    if len(set(idx)) < len(idx):  # "94,hummingbird" names one class twice: made once, not two colliding files
+        repeated = sorted({c for c in idx if idx.count(c) > 1})
         warnings.warn(f"fvis: class(es) {', '.join(map(str, repeated))} given more than once; made once "
                       f"(use --per-class for several prototypes of a class)")
         idx = list(dict.fromkeys(idx))
