@@ -159,12 +159,12 @@ def attack(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[in
         regs = [reg.TransformRobustness(copies=eot)] if eot else []
 
         def stop(acts, values, cls=cls):
-            rows = cls.repeat_interleave(acts.copies)
+            rows = acts.rows(cls).repeat_interleave(acts.copies)
             ok = objectives.adversarial.succeeded(acts[OUTPUT], rows, targeted, kappa)
             return ok.view(acts.batch, acts.copies).all(1)
 
         result = optimize(model, objective, param, regs, steps=steps, lr=step_size, optimizer=make_optimizer,
-                          seed=seed + r, progress=progress, stop=stop if early_stop else None,
+                          seed=seed + r, progress=progress, stop=stop if early_stop else None, skip_done=True,
                           keep_best=best_iterate, final_values=False)  # judged below, on 8-bit images
         adv_q, score, prob = _judge(model, clean[todo], result.input.to(device), eps, norm, cls, targeted)
         better = score > best_score[todo]

@@ -51,7 +51,8 @@ class Result:
 def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regularizers: Sequence = (), *,
              steps: int = 256, lr: float = 0.05, optimizer: str | Callable = "adam", seed: int = 0,
              thresholds: Iterable[int] = (), progress: bool = True, truncate: bool = True,
-             stop: Callable | None = None, keep_best: bool = False, final_values: bool = True) -> Result:
+             stop: Callable | None = None, keep_best: bool = False, skip_done: bool = False,
+             final_values: bool = True) -> Result:
     """Maximize ``objective`` over the input produced by ``param``.
 
     Each step: ``x = param()``; regularizer transforms (seeded by ``seed``); forward through
@@ -64,6 +65,9 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     freezes each item at the first step where it holds (it stops changing; the run ends when all
     are done); ``keep_best`` returns each item at the step with its highest objective value
     instead of the last (values as measured during the run, i.e. through the transforms).
+    ``skip_done=True`` forwards only the unfinished items, so a step costs what the remaining
+    items cost (objectives and regularizers then see ``acts.items``; their history entries for
+    skipped items are NaN).
 
     Search optimizers: an optimizer with ``scores_inputs = True`` (e.g. :class:`fvis.invert.GCG`)
     is stepped as ``opt.step(score)``, where ``score(x) -> (N,)`` is the objective minus penalties
@@ -96,11 +100,12 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
         loop_start = time.perf_counter()
         bar = tqdm(range(1, steps + 1), disable=not progress, desc="fvis", unit="step", leave=False)
         for step in bar:
-            x = param()
+            todo = items.todo() if items is not None and skip_done else None  # None: every item
+            x = param() if todo is None else param()[todo]
             x_in = x
             for r in regularizers:
                 x_in = r.transform(x_in, generator)
-            acts = capture.forward(x_in, batch)
+            acts = capture.forward(x_in, batch if todo is None else len(todo), todo, batch)
             checked = checked or _check(objective, regularizers, acts)  # on the first step's activations
             trace: dict[str, torch.Tensor] = {}
             value = objective(acts, trace)
@@ -114,8 +119,8 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
             for k, v in param.state_dict().items():  # this input gave a finite loss: keep it
                 last_good[k].copy_(v)
             for n, v in {"objective": value.detach(), **trace, **{k: p.detach() for k, p in penalties.items()}}.items():
-                history.setdefault(n, []).append(v.float().cpu())
-            if items is not None and items.observe(step, value.detach(), acts):
+                history.setdefault(n, []).append(_full(v.float(), todo, batch).cpu())
+            if items is not None and items.observe(step, value.detach(), acts, todo):
                 stopped = "done"
                 break
             opt.zero_grad(set_to_none=True)
@@ -149,6 +154,15 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                   done_step=None if items is None or stop is None else items.done_step(done).cpu())
 
 
+def _full(values: torch.Tensor, todo: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """Per-item values of the forwarded items spread over the whole batch (NaN for skipped ones)."""
+    if todo is None:
+        return values
+    out = torch.full((batch, *values.shape[1:]), float("nan"), dtype=values.dtype, device=values.device)
+    out[todo.to(values.device)] = values
+    return out
+
+
 def _check(objective, regularizers, acts) -> bool:
     """Validate the objective and regularizers against real activations (clear errors, not index errors)."""
     objective.check(acts)
@@ -173,15 +187,21 @@ class _PerItem:
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
         self.finished_at = torch.full((batch,), -1, dtype=torch.long, device=device)
 
-    def observe(self, step: int, values: torch.Tensor, acts) -> bool:
-        """Record this step's per-item values (of the current parameters); True when all are done."""
+    def todo(self) -> torch.Tensor | None:
+        """Positions of the unfinished items, or ``None`` while none has finished."""
+        return (~self.done).nonzero().flatten() if self.done.any() else None
+
+    def observe(self, step: int, values: torch.Tensor, acts, todo: torch.Tensor | None = None) -> bool:
+        """Record this step's values of the forwarded items (all, or those at ``todo``) for the
+        current parameters; True when every item is done."""
         newly = torch.zeros_like(self.done)
         if self.stop is not None:
             with torch.no_grad():
                 hit = torch.as_tensor(self.stop(acts, values), device=self.done.device).bool()
-            if hit.shape != self.done.shape:
-                raise FvisError(f"stop() must return one bool per item {tuple(self.done.shape)}, got {tuple(hit.shape)}")
-            newly = hit & ~self.done
+            if hit.shape != (values.shape[0],):
+                raise FvisError(f"stop() must return one bool per item ({values.shape[0]},), got {tuple(hit.shape)}")
+            newly = _full(hit.float(), todo, len(self.done)).nan_to_num(0).bool() & ~self.done
+        values = _full(values, todo, len(self.done))  # NaN for skipped items: never "better"
         save = newly | ((values > self.best) & ~self.done if self.keep_best else newly)
         if save.any():
             for p, s in zip(self.params, self.saved):

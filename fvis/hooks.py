@@ -99,13 +99,22 @@ class Activations:
     A module called several times in one forward maps to its *last* call;
     :meth:`calls` returns every call in order.
 
-    ``batch`` is the number of items being optimized; when a transform replicated each item
+    ``batch`` is the number of items in this forward; when a transform replicated each item
     into ``copies`` transformed copies (expectation over transformations), tensors hold
     ``batch * copies`` rows, item-major, and objectives average each item's copies.
+    ``items``: ``None`` when the forward holds every optimized item, else the ``(batch,)``
+    positions of its items in the full batch of ``total`` items (the engine skips finished
+    items); per-item constants (class ids, masks) are picked with :meth:`rows`.
     """
 
-    def __init__(self, store: dict[str, list], output: Any, batch: int, copies: int = 1):
+    def __init__(self, store: dict[str, list], output: Any, batch: int, copies: int = 1,
+                 items: torch.Tensor | None = None, total: int | None = None):
         self._store, self.output, self.batch, self.copies = store, output, batch, copies
+        self.items, self.total = items, batch if items is None else total
+
+    def rows(self, per_item: torch.Tensor) -> torch.Tensor:
+        """The entries of a full-batch, per-item tensor ``(B_all, ...)`` for this forward's items."""
+        return per_item if self.items is None else per_item[self.items.to(per_item.device)]
 
     def __getitem__(self, name: str) -> torch.Tensor:
         base, key = split_selector(name)
@@ -171,9 +180,11 @@ class Capture:
         if self._calls_seen == self._calls_needed:
             raise _StopForward
 
-    def forward(self, x: Any, items: int | None = None) -> Activations:
+    def forward(self, x: Any, items: int | None = None, positions: torch.Tensor | None = None,
+                total: int | None = None) -> Activations:
         """Run the model on ``x`` and return what the hooked layers produced. ``items``: the number
-        of optimized items when ``x`` holds several transformed copies of each (default: all rows)."""
+        of optimized items when ``x`` holds several transformed copies of each (default: all rows);
+        ``positions``: those items' places in a full batch of ``total`` when ``x`` holds only some."""
         rows = _batch_size(x)
         items = items or rows
         if rows % items:
@@ -183,7 +194,7 @@ class Capture:
             output = self.model(x)
         except _StopForward:
             output = None
-        return Activations(self._store, output, items, rows // items)
+        return Activations(self._store, output, items, rows // items, positions, total)
 
     def plan(self, x: Any, items: int | None = None) -> Activations:
         """One dry forward without gradients: counts the needed calls and enables truncation."""

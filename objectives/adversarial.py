@@ -26,8 +26,7 @@ LOSSES = ("ce", "margin")
 def _classes(classes: int | Sequence[int] | torch.Tensor, acts: Activations, device) -> torch.Tensor:
     """Per-row class ids for the (possibly copy-expanded) logits rows."""
     c = torch.as_tensor(classes, dtype=torch.long, device=device).flatten()
-    if c.numel() == 1:
-        c = c.expand(acts.batch)
+    c = c.expand(acts.batch) if c.numel() == 1 else acts.rows(c)
     return c.repeat_interleave(acts.copies) if acts.copies > 1 else c
 
 

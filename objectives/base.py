@@ -106,9 +106,10 @@ class _Masked(Objective):
 
     def __call__(self, acts, trace=None):
         value = self.inner(acts, trace)
-        mask = torch.zeros(acts.batch, dtype=value.dtype, device=value.device)
+        mask = torch.zeros(acts.total, dtype=value.dtype, device=value.device)
         items = self.items if isinstance(self.items, slice) else torch.as_tensor(self.items, device=value.device)
         mask[items] = 1
+        mask = acts.rows(mask)
         if trace is not None:
             trace[self.name] = (value * mask).detach()
         return value * mask

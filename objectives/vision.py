@@ -132,7 +132,7 @@ def class_logits(classes: Sequence[int], log_prob: bool = False) -> Objective:
     def fn(acts):
         out = acts[OUTPUT]
         out = out.log_softmax(1) if log_prob else out
-        rows = index.to(out.device).repeat_interleave(acts.copies)  # item-major copies
+        rows = acts.rows(index.to(out.device)).repeat_interleave(acts.copies)  # item-major copies
         return out.gather(1, rows[:, None])[:, 0]
 
     def check(acts):
@@ -166,8 +166,8 @@ def diversity(layer: str, groups: Sequence[int] | None = None) -> Objective:
         a = act.flatten(2) if act.dim() == 4 else act.transpose(1, 2)  # (B, C, N)
         gram = torch.nn.functional.normalize((a @ a.transpose(1, 2)).flatten(1), dim=1)
         sim = gram @ gram.T
-        same = torch.ones_like(sim, dtype=torch.bool) if group is None else (
-            group.to(sim.device).repeat_interleave(acts.copies)[:, None] == group.to(sim.device).repeat_interleave(acts.copies)[None])
+        g = None if group is None else acts.rows(group.to(sim.device)).repeat_interleave(acts.copies)
+        same = torch.ones_like(sim, dtype=torch.bool) if g is None else g[:, None] == g[None]
         same.fill_diagonal_(False)
         return -(sim * same).sum(1) / same.sum(1).clamp_min(1)
 

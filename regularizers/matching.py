@@ -100,7 +100,7 @@ class ActivationMatching(Regularizer):
     def penalty(self, x, acts):
         total = sum(self.layer_weights[l] * t for l, t in self.layer_terms(acts).items())
         if self.class_means and self.classes is not None:
-            cls = self.classes.to(x.device)
+            cls = acts.rows(self.classes.to(x.device))
             has = cls >= 0
             for layer, means in self.class_means.items():
                 pooled = acts[layer].flatten(2).mean(-1) if acts[layer].dim() > 2 else acts[layer]

@@ -91,6 +91,37 @@ def test_early_stopped_items_stop_changing(lite0, coffee):
     assert not torch.equal(frames[-1][1], frames[2][1])  # the other item kept going
 
 
+def test_skip_done_forwards_only_unfinished_items(lite0, coffee):
+    images = torch.stack([coffee, coffee.flip(-1), coffee.flip(-2)])[..., :64, :64].contiguous()
+    param = Perturbation(images, 8 / 255, "linf")
+    with torch.no_grad():
+        labels = lite0(images).argmax(1)
+    assert len(set(labels.tolist())) > 1  # per-item classes: a wrong item mapping would show
+    rows, calls = [], []
+    handle = lite0.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
+
+    def stop(acts, values):  # item 1 finishes at step 2; the others never
+        calls.append(acts.items)
+        items = torch.arange(3) if acts.items is None else acts.items.cpu()
+        return (items == 1) & (len(calls) >= 2)
+
+    try:
+        result = fvis.optimize(lite0, obj.untargeted(labels), param, steps=4,
+                               optimizer=lambda ps: SteepestDescent(ps, lr=1 / 255), stop=stop, skip_done=True,
+                               thresholds=range(1, 5), progress=False, final_values=False)
+    finally:
+        handle.remove()
+    assert rows == [1, 3, 3, 2, 2]  # dry run on one item, then 3 items until item 1 is done
+    assert calls[2].tolist() == [0, 2]
+    assert result.done.tolist() == [False, True, False]
+    history = result.history["objective"]
+    assert torch.isnan(history[2:, 1]).all() and not torch.isnan(history[:, [0, 2]]).any()
+    with torch.no_grad():  # step 3 scored the input after step 2, each item against its own label
+        expected = lite0(result.snapshots[2]).log_softmax(1).gather(1, labels[:, None])[:, 0].neg()
+    assert torch.allclose(history[2, [0, 2]], expected[[0, 2]], atol=1e-4)
+    assert torch.equal(result.input[1], result.snapshots[1][1])  # frozen where it finished
+
+
 class _Scripted(torch.optim.Optimizer):
     """Moves the parameter along a fixed path, one point per step."""
 
