@@ -22,7 +22,8 @@ class Result:
 
     ``input``: final ``param()`` (detached, CPU). ``values``: final objective per item ``(B,)``,
     measured on ``input`` without transforms (``None`` with ``final_values=False``). ``history``: per-term, per-step, per-item values,
-    ``name -> (steps, B)`` (``"objective"`` total, each objective leaf, each penalty).
+    ``name -> (steps, B)`` (``"objective"`` total, each objective leaf, each penalty; NaN where
+    ``skip_done`` left a finished item out).
     ``snapshots``: ``step -> input`` at the requested thresholds. ``seconds``: total wall time;
     ``loop_seconds``: the steps alone.
     ``stopped``: ``None``, or why the run ended early (``"nan"``; ``"done"`` when ``stop`` held for
