@@ -173,7 +173,7 @@ def test_well_made_prototypes_are_not_entangled(lite0, tmp_path):
     protos = make_prototypes(lite0, [94, 980, 967], steps=32, size=128, heldout=0, progress=False)
     save_prototypes(protos, tmp_path)
     report = entangle_folder(tmp_path, lite0)
-    P = torch.tensor(report["probability"], dtype=torch.float64)
+    P = torch.as_tensor(report["probability"]).double()
     assert torch.allclose(P.sum(1), torch.ones(3, dtype=torch.float64), atol=1e-5)
     assert P.diagonal().min() > 0.8
 
