@@ -201,7 +201,8 @@ class _PerItem:
                 hit = torch.as_tensor(self.stop(acts, values), device=self.done.device).bool()
             if hit.shape != (values.shape[0],):
                 raise FvisError(f"stop() must return one bool per item ({values.shape[0]},), got {tuple(hit.shape)}")
-            newly = _full(hit.float(), todo, len(self.done)).nan_to_num(0).bool() & ~self.done
+            newly[slice(None) if todo is None else todo] = hit
+            newly &= ~self.done
         values = _full(values, todo, len(self.done))  # NaN for skipped items: never "better"
         save = newly | ((values > self.best) & ~self.done if self.keep_best else newly)
         if save.any():
