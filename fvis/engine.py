@@ -120,7 +120,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
             for k, v in param.state_dict().items():  # this input gave a finite loss: keep it
                 last_good[k].copy_(v)
             for n, v in {"objective": value.detach(), **trace, **{k: p.detach() for k, p in penalties.items()}}.items():
-                history.setdefault(n, []).append(_full(v.float(), todo, batch).cpu())
+                history.setdefault(n, []).append(_full(v.float(), todo, batch))  # to the CPU once, at the end
             if items is not None and items.observe(step, value.detach(), acts, todo):
                 stopped = "done"
                 break
@@ -136,7 +136,8 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
             done = step
             if step in thresholds:
                 snapshots[step] = param().detach().to("cpu", copy=True)  # never a view of the parameter
-            bar.set_postfix(objective=f"{value.mean().item():.4g}")
+            if progress:  # tqdm redraws at its own pace (no forced refresh, no device sync when hidden)
+                bar.set_postfix(objective=f"{value.mean().item():.4g}", refresh=False)
         loop_seconds = time.perf_counter() - loop_start
         final, values = param().detach(), None
         if final_values or keep_best or not checked:
@@ -149,7 +150,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                     values = objective(capture.forward(final, batch)).detach()
             values = values.cpu()
     return Result(input=final.to("cpu", copy=True), values=values,
-                  history={k: torch.stack(v) for k, v in history.items()}, snapshots=snapshots,
+                  history={k: torch.stack(v).cpu() for k, v in history.items()}, snapshots=snapshots,
                   seed=seed, steps=done, seconds=time.perf_counter() - start, loop_seconds=loop_seconds,
                   stopped=stopped, done=None if items is None or stop is None else items.done.cpu(),
                   done_step=None if items is None or stop is None else items.done_step(done).cpu())
