@@ -6,6 +6,7 @@ Objectives (package ``objectives``) are maximized over a parameterized input
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
+from .allocator import tune_allocator
 from .engine import Result, optimize
 from .errors import FvisError
 from .models import ImageModel, load, wrap
@@ -16,4 +17,5 @@ try:
 except PackageNotFoundError:  # pragma: no cover
     __version__ = "0.0.0"
 
-__all__ = ["optimize", "Result", "FvisError", "ImageModel", "load", "wrap", "FourierImage", "PixelImage"]
+__all__ = ["optimize", "Result", "FvisError", "ImageModel", "load", "wrap", "FourierImage", "PixelImage",
+           "tune_allocator"]

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .allocator import tune_allocator
 from .errors import FvisError
 
 
@@ -415,6 +416,7 @@ COMMANDS = {"models": cmd_models, "layers": cmd_layers, "render": cmd_render, "a
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    tune_allocator()  # CPU steps reuse freed tensor memory (see fvis.allocator; FVIS_MALLOC=default: off)
     try:
         COMMANDS[args.command](args)
     except FvisError as e:

@@ -32,6 +32,7 @@ from .models import ImageModel
 COLUMNS = ("image", "class", "name", "clean_p", "robustness", "transfer", "hfer")
 PATH_COLUMNS = ("path_similarity", "path_similarity_raw")
 _CLASS_FILE = re.compile(r"^(\d+)_")
+_OWN_SUMMARIES = {"contact_sheet.png", "entanglement.png"}  # fvis writes these next to prototypes
 
 
 def _at_size(model: ImageModel, images: torch.Tensor) -> torch.Tensor:
@@ -68,14 +69,15 @@ def evaluate_images(model: ImageModel, images: torch.Tensor, classes: Sequence[i
 
 
 def class_images(folder: str | Path) -> tuple[list[Path], list[int]]:
-    """Images named ``<class index>_<anything>.<ext>`` in ``folder``; others are skipped with a warning."""
+    """Images named ``<class index>_<anything>.<ext>`` in ``folder``; others are skipped with a
+    warning (fvis's own contact sheet and entanglement plot silently)."""
     files, classes, skipped = [], [], []
     for path in list_images(folder):
         m = _CLASS_FILE.match(path.name)
         if m:
             files.append(path)
             classes.append(int(m.group(1)))
-        else:
+        elif path.name not in _OWN_SUMMARIES:
             skipped.append(path.name)
     if skipped:
         warnings.warn(f"skipped {len(skipped)} file(s) not named <class index>_<anything>: "
