@@ -1,11 +1,11 @@
-"""Transformation robustness: random pad / jitter / scale / rotate, one affine warp per item."""
+"""Transformation robustness: random pad / jitter / scale / rotate, one affine warp per item (kornia)."""
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
+import kornia
 import torch
-import torch.nn.functional as F
 
 from .base import Regularizer
 
@@ -17,8 +17,8 @@ class TransformRobustness(Regularizer):
     from ``scales`` -> rotate within ``±degrees`` -> jitter ``jitter_after`` px.
 
     All steps are composed into one affine matrix per batch item and applied with a single
-    bilinear resampling (one, not four; see :func:`warp`). Parameters are drawn per item
-    from the engine's seeded ``torch.Generator``.
+    bilinear :func:`kornia.geometry.transform.warp_affine` (one resampling, not four).
+    Parameters are drawn per item from the engine's seeded ``torch.Generator``.
 
     ``keep_size=True`` (default) returns the input size, so the model costs what it costs
     on plain input; ``False`` returns Lucid's larger padded canvas
@@ -68,37 +68,7 @@ class TransformRobustness(Regularizer):
         b, _, h, w = x.shape
         grow = 0 if self.keep_size else 2 * self.pad - self.jitter - self.jitter_after
         out_size = (h + grow, w + grow)
-        m = self.matrices(self.sample(b, generator), (h, w), out_size)
-        return warp(x - self.fill, m, out_size) + self.fill
-
-
-def warp(x: torch.Tensor, matrices: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear affine warp, zeros outside: ``(B, C, H, W), (B, 2, 3) -> (B, C, Ho, Wo)``.
-
-    ``matrices`` map source pixel coordinates ``(x, y)`` to output ones, as in
-    :func:`kornia.geometry.transform.warp_affine` (``align_corners=True``), which gives the same
-    values (pinned by a test). This builds the sampling grid directly (one small inverse, not
-    kornia's homography normalization) and, when the batch is smaller than the CPU thread
-    count, samples horizontal bands of the output as separate batch rows, because
-    ``grid_sample``'s CPU backward runs one thread per batch row.
-    """
-    b, c, h, w = x.shape
-    ho, wo = out_size
-    inv = torch.linalg.inv(matrices[:, :, :2].double())  # output -> source
-    src_off = (inv @ -matrices[:, :, 2:].double()).squeeze(-1)
-    # normalized coordinates (align_corners=True): p = (n + 1) * (size - 1) / 2
-    half_in = torch.tensor([max(w - 1, 1) / 2, max(h - 1, 1) / 2], dtype=torch.float64)  # a 1-px side samples px 0 anyway
-    half_out = torch.tensor([(wo - 1) / 2, (ho - 1) / 2], dtype=torch.float64)
-    lin = inv * half_out / half_in[:, None]
-    off = ((inv @ half_out.unsqueeze(-1)).squeeze(-1) + src_off) / half_in - 1
-    theta = torch.cat([lin, off.unsqueeze(-1)], -1).to(x.device, x.dtype)
-    grid = F.affine_grid(theta, [b, c, ho, wo], align_corners=True)
-    bands = min(torch.get_num_threads() // b, ho) if x.device.type == "cpu" else 1
-    if bands < 2:
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    rows = -(-ho // bands)  # the last band is padded with copies of the last row, then cropped
-    grid = torch.cat([grid, grid[:, -1:].expand(b, rows * bands - ho, wo, 2)], 1)
-    copies = x[:, None].expand(b, bands, c, h, w).reshape(b * bands, c, h, w)
-    out = F.grid_sample(copies, grid.reshape(b * bands, rows, wo, 2), mode="bilinear",
-                        padding_mode="zeros", align_corners=True)
-    return out.view(b, bands, c, rows, wo).transpose(1, 2).reshape(b, c, bands * rows, wo)[:, :, :ho]
+        m = self.matrices(self.sample(b, generator), (h, w), out_size).to(x.device, x.dtype)
+        warped = kornia.geometry.transform.warp_affine(x - self.fill, m, out_size, mode="bilinear",
+                                                       padding_mode="zeros", align_corners=True)
+        return warped + self.fill
