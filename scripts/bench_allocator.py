@@ -2,8 +2,10 @@
 
 Each round starts two fresh worker processes back to back (order alternating), one with glibc's
 malloc defaults and one after ``fvis.tune_allocator()``; each worker times a bare Lite0
-forward+backward and an fvis render (default recipe, class logit) at the given batch, and reports
-seconds per step and the system CPU time per step (page faults show up there).
+forward+backward and an fvis render (default recipe, class logit) at the given batch with the
+engine benchmark's own loops (``bench_engine.bare_step_seconds`` / ``fvis_step_seconds``: the
+render's steps alone), and reports seconds per step and the system CPU time per step of each
+block (page faults show up there; the render's set-up is included in that one).
 
     python scripts/bench_allocator.py [--batch 1 8] [--steps 10] [--rounds 5] [--out results/bench_allocator.md]
 """
@@ -17,33 +19,28 @@ import sys
 from pathlib import Path
 
 WORKER = r"""
-import json, os, sys, time
-import torch, fvis, objectives as obj
-from fvis.render import render
-tuned = fvis.tune_allocator() if sys.argv[1] == "tuned" else False
-batch, steps = int(sys.argv[2]), int(sys.argv[3])
+import json, os, sys
+import fvis, objectives as obj
+mode, batch, steps, scripts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+tuned = fvis.tune_allocator() if mode == "tuned" else False
+sys.path.insert(0, scripts)
+from bench_engine import bare_step_seconds, fvis_step_seconds  # the same two loops as the engine benchmark
 model = fvis.load("efficientnet-lite0")
 for p in model.parameters():
     p.requires_grad_(False)
-def bare(n):
-    x = fvis.FourierImage(224, batch=batch, seed=0)().detach().requires_grad_()
-    for _ in range(n):
-        model(x)[:, 94].sum().backward()
-        x.grad = None
-def timed(fn):
-    t, s = time.perf_counter(), os.times().system
-    fn()
-    return (time.perf_counter() - t) / steps, (os.times().system - s) / steps
-bare(2)
-render(model, [obj.class_logit(94)] * batch, steps=2, progress=False)
-b = timed(lambda: bare(steps))
-f = timed(lambda: render(model, [obj.class_logit(94)] * batch, steps=steps, progress=False))
+def timed(fn):  # (seconds per step, system CPU seconds per step)
+    s = os.times().system
+    return fn(), (os.times().system - s) / steps
+bare_step_seconds(model, batch, 2)  # warm-up both loops
+fvis_step_seconds(model, obj.class_logit(94), batch, 2)
+b = timed(lambda: bare_step_seconds(model, batch, steps))
+f = timed(lambda: fvis_step_seconds(model, obj.class_logit(94), batch, steps))
 print(json.dumps({"tuned": tuned, "bare": b, "fvis": f}))
 """
 
 
 def run(mode: str, batch: int, steps: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", WORKER, mode, str(batch), str(steps)],
+    out = subprocess.run([sys.executable, "-c", WORKER, mode, str(batch), str(steps), str(Path(__file__).resolve().parent)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -60,7 +57,8 @@ def main() -> None:
              f"Command: `python scripts/bench_allocator.py --batch {' '.join(map(str, args.batch))} "
              f"--steps {args.steps} --rounds {args.rounds}`", "",
              f"EfficientNet-Lite0, 224x224, CPU; {args.rounds} rounds, each a fresh process per setting "
-             "(order alternating); medians over rounds. sys = system CPU seconds per step.", "",
+             "(order alternating); medians over rounds; fvis = `fvis render`'s steps alone. sys = system CPU "
+             "time per step (for fvis including the render's set-up).", "",
              "| batch | loop | default ms/step | tuned ms/step | tuned / default | default sys ms/step | tuned sys ms/step |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     for batch in args.batch:
