@@ -10,11 +10,19 @@ recipe (Fourier parameterization + transformation robustness) unless a row says 
 By default both sides run with fvis's CPU allocator settings (:func:`fvis.tune_allocator`, which
 the ``fvis`` command line applies); ``--allocator default`` keeps glibc's defaults for both.
 
-    python scripts/bench_engine.py [--steps 20] [--rounds 9] [--allocator tuned|default] [--out results/bench_engine.md]
+Reference rows: when Lucent is importable (``pip install --no-deps torch-lucent==0.1.8``; its
+``kornia<=0.4.1`` pin cannot install next to current kornia, so two names kornia has since moved
+are aliased here), Lucent's own ``render_vis`` loop (its Fourier image, standard transforms and
+Adam) is paired with the bare loop in the same way, on the same model, logit and batch. Lucent
+never removes its hooks, so each of its blocks runs on a fresh copy of the model (copied outside
+the timing); its time includes its few set-up lines (hooking, one image), under one step's cost.
+
+    python scripts/bench_engine.py [--steps 20] [--rounds 9] [--allocator tuned|default] [--no-lucent] [--out results/bench_engine.md]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -45,17 +53,54 @@ def fvis_step_seconds(model, objective, batch: int, steps: int, transforms: bool
     return result.seconds_per_step
 
 
-def paired(model, objective, batch: int, steps: int, rounds: int, transforms: bool, param: str):
-    """Per-round (bare, fvis) seconds per step, the two blocks of a round back to back."""
+def import_lucent():
+    """``(lucent.optvis.render, lucent.optvis.param)``, or None when Lucent is not installed or cannot run here."""
+    try:
+        import kornia
+        import kornia.geometry.transform as kgt
+        for name in ("warp_affine", "get_rotation_matrix2d"):  # top-level in the kornia Lucent pins
+            if not hasattr(kornia, name):
+                setattr(kornia, name, getattr(kgt, name))
+        from lucent.optvis import param as lucent_param
+        from lucent.optvis import render as lucent_render
+    except Exception as e:  # noqa: BLE001 -- any failure just drops the reference rows
+        print(f"Lucent reference rows skipped: {type(e).__name__}: {e}")
+        return None
+    return lucent_render, lucent_param
+
+
+def lucent_step_seconds(lucent, model, target_class: int, batch: int, steps: int) -> float:
+    """Lucent's own loop for ``steps`` steps on a class logit: render_vis with its defaults
+    (standard transforms, Adam lr 0.05) and its Fourier, decorrelated image at 224."""
+    lucent_render, lucent_param = lucent
+    fresh = copy.deepcopy(model)  # Lucent's hooks stay on the model it is given
+    logits = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    layer = logits.replace(".", "_")  # Lucent's layer names: module path joined by "_"
+
+    def objective(hook):
+        return -hook(layer)[:, target_class].mean()
+
+    start = time.perf_counter()
+    lucent_render.render_vis(fresh, objective, param_f=lambda: lucent_param.image(224, batch=batch),
+                             thresholds=(steps,), preprocess=False, progress=False, show_image=False)
+    return (time.perf_counter() - start) / steps
+
+
+def paired(model, objective, batch: int, steps: int, rounds: int, transforms: bool, param: str, step_seconds=None):
+    """Per-round (bare, other) seconds per step, the two blocks of a round back to back;
+    other = fvis rendering, or ``step_seconds(steps)`` when given."""
+    if step_seconds is None:
+        def step_seconds(n):
+            return fvis_step_seconds(model, objective, batch, n, transforms, param)
     bare_step_seconds(model, batch, 2)  # warm-up both paths
-    fvis_step_seconds(model, objective, batch, 2, transforms, param)
+    step_seconds(2)
     pairs = []
     for r in range(rounds):
         if r % 2 == 0:
             b = bare_step_seconds(model, batch, steps)
-            f = fvis_step_seconds(model, objective, batch, steps, transforms, param)
+            f = step_seconds(steps)
         else:
-            f = fvis_step_seconds(model, objective, batch, steps, transforms, param)
+            f = step_seconds(steps)
             b = bare_step_seconds(model, batch, steps)
         pairs.append((b, f))
     return pairs
@@ -67,8 +112,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
                     help="glibc malloc settings for both sides (tuned: fvis.tune_allocator(), as the CLI does)")
+    ap.add_argument("--no-lucent", action="store_true", help="skip Lucent's reference rows")
     ap.add_argument("--out", type=Path, default=Path("results/bench_engine.md"))
     args = ap.parse_args()
+    if args.rounds < 2 or args.steps < 1:
+        ap.error("need --rounds >= 2 (the table reports quartiles of per-round ratios) and --steps >= 1")
     if args.allocator == "tuned" and not fvis.tune_allocator():
         raise SystemExit("fvis.tune_allocator() does not apply here; use --allocator default")
 
@@ -85,16 +133,21 @@ def main() -> None:
         ("(b) channel _blocks.1:3 (early), batch 1", obj.channel("_blocks.1", 3), 1, True, "fourier"),
         ("(b) channel _blocks.1:3 (early), batch 8", obj.channel("_blocks.1", 3), 8, True, "fourier"),
     ]
+    cases = [(*case, None) for case in cases]  # last field: a step-time function other than fvis's
+    lucent = None if args.no_lucent else import_lucent()
+    if lucent is not None:
+        cases += [(f"reference: Lucent 0.1.8 render_vis, class logit, batch {batch}", None, batch, True, "fourier",
+                   lambda n, batch=batch: lucent_step_seconds(lucent, model, 94, batch, n)) for batch in (1, 8)]
     rows = []
-    for label, objective, batch, transforms, param in cases:
-        pairs = paired(model, objective, batch, args.steps, args.rounds, transforms, param)
+    for label, objective, batch, transforms, param, step_seconds in cases:
+        pairs = paired(model, objective, batch, args.steps, args.rounds, transforms, param, step_seconds)
         ratios = sorted(f / b for b, f in pairs)
         q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
         b = statistics.median(b for b, _ in pairs)
         f = statistics.median(f for _, f in pairs)
         fastest = min(f for _, f in pairs) / min(b for b, _ in pairs)  # noise only ever adds time
         rows.append((label, b, f, med, q1, q3, fastest, ratios))
-        print(f"{label:<70} bare {b * 1000:7.1f} ms  fvis {f * 1000:7.1f} ms  ratio {med:.3f} "
+        print(f"{label:<70} bare {b * 1000:7.1f} ms  timed {f * 1000:7.1f} ms  ratio {med:.3f} "
               f"[IQR {q1:.3f}-{q3:.3f}]  fastest rounds {fastest:.3f}", flush=True)
 
     lines = [
@@ -108,9 +161,11 @@ def main() -> None:
         "transformation robustness + Adam (the `fvis render` default) unless the row says otherwise; "
         "bare = `model(x)[:, c].sum().backward()` on a leaf input tensor (fvis's starting image), weights "
         "frozen. Allocator (both sides): " + ("fvis.tune_allocator(), as the `fvis` CLI sets it" if args.allocator == "tuned"
-                                             else "glibc defaults") + ". Targets: (a) <= 1.05x, (b) <= 0.5x the bare full-model cost.",
+                                             else "glibc defaults") + ". Targets: (a) <= 1.05x, (b) <= 0.5x the bare full-model cost."
+        + (" Reference rows: Lucent 0.1.8's own `render_vis` (its Fourier image at 224, standard transforms, "
+           "Adam 0.05; a fresh copy of the model per block, copied outside the timing)." if lucent else ""),
         "",
-        "| case | bare ms/step | fvis ms/step | fvis / bare (median of rounds) | IQR of rounds | rounds <= 1.05 | fastest fvis / fastest bare |",
+        "| case | bare ms/step | fvis (or Lucent) ms/step | ratio to bare (median of rounds) | IQR of rounds | rounds <= 1.05 | fastest / fastest bare |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {label} | {b * 1000:.1f} | {f * 1000:.1f} | {med:.3f} | {q1:.3f}-{q3:.3f} | "
