@@ -117,9 +117,11 @@ def contact_sheet(images: Sequence[torch.Tensor], labels: Sequence[str], path: s
     n = len(images)
     columns = columns or min(n, 6)
     rows = (n + columns - 1) // columns
-    pad, text_h = 6, 12 * lines + 4
+    pad, line_h = 6, 13
+    text_h = line_h * lines + 4
     sheet = Image.new("RGB", (columns * (tile + pad) + pad, rows * (tile + text_h + pad) + pad), "white")
     draw = ImageDraw.Draw(sheet)
+    font = _label_font()
     for i, (img, label) in enumerate(zip(images, labels)):
         arr = to_uint8(img if img.shape[0] == 3 else img[:1].expand(3, -1, -1)).permute(1, 2, 0).numpy()
         pil = Image.fromarray(arr).resize((tile, tile), Image.Resampling.LANCZOS)
@@ -127,8 +129,19 @@ def contact_sheet(images: Sequence[torch.Tensor], labels: Sequence[str], path: s
         sheet.paste(pil, (x, y))
         wrapped = [w for part in label.split("\n") for w in _wrap(part, tile // 6)]
         for j, line in enumerate(wrapped[:lines]):
-            draw.text((x, y + tile + 2 + 12 * j), line, fill="black")
+            draw.text((x, y + tile + 2 + line_h * j), line, fill="black", font=font)
     return _atomic_write(Path(path), lambda f: sheet.save(f, format="PNG"))
+
+
+def _label_font():
+    """Pillow's built-in font at 11 px: at its default size the colons of specs such as
+    ``logit:goldfinch`` vanish next to the letters. Bitmap default where FreeType is missing."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=11)
+    except (TypeError, ImportError, OSError):  # old Pillow / no FreeType
+        return ImageFont.load_default()
 
 
 def _wrap(text: str, width: int) -> list[str]:
