@@ -86,12 +86,9 @@ def lucent_step_seconds(lucent, model, target_class: int, batch: int, steps: int
     return (time.perf_counter() - start) / steps
 
 
-def paired(model, objective, batch: int, steps: int, rounds: int, transforms: bool, param: str, step_seconds=None):
-    """Per-round (bare, other) seconds per step, the two blocks of a round back to back;
-    other = fvis rendering, or ``step_seconds(steps)`` when given."""
-    if step_seconds is None:
-        def step_seconds(n):
-            return fvis_step_seconds(model, objective, batch, n, transforms, param)
+def paired(model, batch: int, steps: int, rounds: int, step_seconds):
+    """Per-round (bare, timed) seconds per step, the two blocks of a round back to back;
+    ``step_seconds(n)`` times the other side (fvis rendering, or Lucent's loop) over n steps."""
     bare_step_seconds(model, batch, 2)  # warm-up both paths
     step_seconds(2)
     pairs = []
@@ -123,24 +120,26 @@ def main() -> None:
     model = fvis.load("efficientnet-lite0")
     for p in model.parameters():
         p.requires_grad_(False)
-    cases = [  # (label, objective, batch, transforms, param)
-        ("(a) class logit, batch 1", obj.class_logit(94), 1, True, "fourier"),
-        ("(a) class logit, batch 8", obj.class_logit(94), 8, True, "fourier"),
-        ("(a) class logit, batch 1, --no-transforms", obj.class_logit(94), 1, False, "fourier"),
-        ("(a) class logit, batch 8, --no-transforms", obj.class_logit(94), 8, False, "fourier"),
-        ("(a) class logit, batch 1, --param pixel --no-transforms (loop alone)", obj.class_logit(94), 1, False, "pixel"),
-        ("(a) class logit, batch 8, --param pixel --no-transforms (loop alone)", obj.class_logit(94), 8, False, "pixel"),
-        ("(b) channel _blocks.1:3 (early), batch 1", obj.channel("_blocks.1", 3), 1, True, "fourier"),
-        ("(b) channel _blocks.1:3 (early), batch 8", obj.channel("_blocks.1", 3), 8, True, "fourier"),
+    def fvis_case(label, objective, batch, transforms=True, param="fourier"):
+        return label, batch, lambda n: fvis_step_seconds(model, objective, batch, n, transforms, param)
+
+    cases = [  # (label, batch, step_seconds(n))
+        fvis_case("(a) class logit, batch 1", obj.class_logit(94), 1),
+        fvis_case("(a) class logit, batch 8", obj.class_logit(94), 8),
+        fvis_case("(a) class logit, batch 1, --no-transforms", obj.class_logit(94), 1, False),
+        fvis_case("(a) class logit, batch 8, --no-transforms", obj.class_logit(94), 8, False),
+        fvis_case("(a) class logit, batch 1, --param pixel --no-transforms (loop alone)", obj.class_logit(94), 1, False, "pixel"),
+        fvis_case("(a) class logit, batch 8, --param pixel --no-transforms (loop alone)", obj.class_logit(94), 8, False, "pixel"),
+        fvis_case("(b) channel _blocks.1:3 (early), batch 1", obj.channel("_blocks.1", 3), 1),
+        fvis_case("(b) channel _blocks.1:3 (early), batch 8", obj.channel("_blocks.1", 3), 8),
     ]
-    cases = [(*case, None) for case in cases]  # last field: a step-time function other than fvis's
     lucent = None if args.no_lucent else import_lucent()
     if lucent is not None:
-        cases += [(f"reference: Lucent 0.1.8 render_vis, class logit, batch {batch}", None, batch, True, "fourier",
+        cases += [(f"reference: Lucent 0.1.8 render_vis, class logit, batch {batch}", batch,
                    lambda n, batch=batch: lucent_step_seconds(lucent, model, 94, batch, n)) for batch in (1, 8)]
     rows = []
-    for label, objective, batch, transforms, param, step_seconds in cases:
-        pairs = paired(model, objective, batch, args.steps, args.rounds, transforms, param, step_seconds)
+    for label, batch, step_seconds in cases:
+        pairs = paired(model, batch, args.steps, args.rounds, step_seconds)
         ratios = sorted(f / b for b, f in pairs)
         q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
         b = statistics.median(b for b, _ in pairs)
