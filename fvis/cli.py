@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decay-power", type=float, default=1.0, help="Fourier spectrum decay (higher = smoother)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-transforms", action="store_true", help="no transformation robustness")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="feed the model plain NCHW input (default on the CPU: channels-last, when the model takes it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, type=Path)
     _add_model_args(p)
@@ -265,10 +267,11 @@ def cmd_render(args) -> None:
     settings = {"param": args.param, "size": list(args.size or model.input_size), "steps": args.steps,
                 "lr": args.lr, "optimizer": args.optimizer, "decay_power": args.decay_power,
                 "seed": args.seed, "transforms": not args.no_transforms, "weights": args.weights,
-                "device": args.device}
+                "device": args.device, "channels_last": "no" if args.no_channels_last else "auto"}
     result = render(model, objs, param=args.param, size=args.size, steps=args.steps, lr=args.lr,
                     seed=args.seed, transforms=not args.no_transforms, decay_power=args.decay_power,
-                    optimizer=args.optimizer, progress=not args.quiet)
+                    optimizer=args.optimizer, progress=not args.quiet,
+                    channels_last=False if args.no_channels_last else None)
     save_renders(result, model, args.objective, out, settings)
     for spec, value in zip(args.objective, result.values):
         print(f"{spec}\tobjective {float(value):.4g}")

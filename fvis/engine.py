@@ -53,7 +53,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
              steps: int = 256, lr: float = 0.05, optimizer: str | Callable = "adam", seed: int = 0,
              thresholds: Iterable[int] = (), progress: bool = True, truncate: bool = True,
              stop: Callable | None = None, keep_best: bool = False, skip_done: bool = False,
-             final_values: bool = True) -> Result:
+             final_values: bool = True, channels_last: bool | None = None) -> Result:
     """Maximize ``objective`` over the input produced by ``param``.
 
     Each step: ``x = param()``; regularizer transforms (seeded by ``seed``); forward through
@@ -77,6 +77,8 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
 
     ``final_values=False`` skips the closing forward pass that measures ``values`` (then
     ``None``) for callers that score the input themselves; ``keep_best`` still needs it.
+    ``channels_last``: input layout for image models (``None``: channels-last on the CPU when the
+    model takes it; see :class:`fvis.hooks.Capture`).
     """
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(optimizer, param.parameters(), lr)
@@ -87,7 +89,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     snapshots: dict[int, torch.Tensor] = {}
     stopped, done = None, 0
     start = time.perf_counter()
-    with frozen(model), Capture(model, layers, truncate=truncate) as capture:
+    with frozen(model), Capture(model, layers, truncate=truncate, channels_last=channels_last) as capture:
         with torch.no_grad():  # dry run on one transformed item (own generator: the run's draws stay as seeded)
             x_in, dry_generator = param(), torch.Generator().manual_seed(seed)
             batch = x_in.shape[0]

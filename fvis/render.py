@@ -21,15 +21,16 @@ PARAMS = {"fourier": FourierImage, "pixel": PixelImage}
 def render(model: ImageModel, objectives: Sequence[Objective], *, param: str = "fourier",
            size: int | tuple[int, int] | None = None, steps: int = 256, lr: float = 0.05, seed: int = 0,
            transforms: bool = True, decay_power: float = 1.0, optimizer: str = "adam",
-           thresholds=(), progress: bool = True) -> Result:
-    """Render objective ``i`` into batch item ``i``, all in one batched optimization."""
+           thresholds=(), progress: bool = True, channels_last: bool | None = None) -> Result:
+    """Render objective ``i`` into batch item ``i``, all in one batched optimization.
+    ``channels_last``: the model's input layout (``None``: channels-last on the CPU when the model takes it)."""
     size = size or model.input_size
     device = next(model.parameters()).device
     kwargs = {"decay_power": decay_power} if param == "fourier" else {}
     image = PARAMS[param](size, batch=len(objectives), channels=model.channels, seed=seed, **kwargs).to(device)
     regs = [reg.TransformRobustness()] if transforms else []
     return optimize(model, batched(objectives), image, regs, steps=steps, lr=lr, optimizer=optimizer,
-                    seed=seed, thresholds=thresholds, progress=progress)
+                    seed=seed, thresholds=thresholds, progress=progress, channels_last=channels_last)
 
 
 def slug(text: str) -> str:

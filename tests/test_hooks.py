@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import fvis
+import objectives as obj
 from fvis.errors import FvisError
 from fvis.hooks import Capture, frozen, output_shapes
 
@@ -80,7 +81,8 @@ def test_inplace_tuple_dict_and_repeated_calls():
     with Capture(toy, ["conv", "pair[1]", "named[features]", "shared"], truncate=False) as cap:
         cap.plan(x)
         acts = cap.forward(x)
-    conv = toy.conv(x)
+        layout = torch.channels_last if cap.channels_last else torch.contiguous_format
+    conv = toy.conv(x.contiguous(memory_format=layout))  # the reference sees the layout the model was fed
     assert (conv < 0).any()
     assert torch.equal(acts["conv"], conv)  # captured before the in-place ReLU changed it
     relu = conv.clamp_min(0)
@@ -126,3 +128,51 @@ def test_output_shapes_lists_every_module(lite0):
     assert table["_blocks.1._swish"][2] == 2  # ReLU6 shared inside the block
     assert table["output"] == ("model output", (1, 1000), 1)
     assert len(rows) == len([n for n, _ in lite0.net.named_modules() if n]) + 1
+
+
+class FlattenByView(nn.Module):
+    """Flattens its feature map with ``.view``, which a channels-last feature map cannot take."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x):
+        f = self.conv(x)
+        return self.head(f.view(f.shape[0], -1))
+
+
+def test_cpu_image_input_goes_channels_last_with_same_values_and_gradients(lite0):
+    x0 = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    layouts, runs = [], {}
+    spy = lite0.net.register_forward_pre_hook(
+        lambda m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    try:
+        for channels_last in (None, False):
+            x = x0.clone().requires_grad_()
+            with frozen(lite0), Capture(lite0, ["_blocks.3"], channels_last=channels_last) as cap:
+                cap.plan(x0)
+                act = cap.forward(x)["_blocks.3"]
+                act[:, 5].mean().backward()
+            runs[channels_last] = (cap.channels_last, act.detach(), x.grad)
+    finally:
+        spy.remove()
+    assert layouts == [True, True, False, False]  # auto on the CPU: channels-last (plan, then the step)
+    assert runs[None][0] is True and runs[False][0] is False
+    assert torch.allclose(runs[None][1], runs[False][1], atol=1e-4, rtol=1e-4)
+    assert torch.allclose(runs[None][2], runs[False][2], atol=1e-6, rtol=1e-3)
+    assert x0.is_contiguous() and all(p.is_contiguous() for p in lite0.parameters())  # only the input's copy changed
+
+
+def test_channels_last_falls_back_for_models_that_cannot_take_it():
+    torch.manual_seed(0)
+    toy, x = FlattenByView(), torch.rand(2, 3, 8, 8)
+    with Capture(toy, ["conv", "output"]) as cap:
+        cap.plan(x)
+        assert cap.channels_last is False  # tried, failed in .view, plain layout kept
+        assert torch.equal(cap.forward(x).output, toy(x))
+    with pytest.raises(RuntimeError, match="view"), Capture(toy, ["conv"], channels_last=True) as cap:
+        cap.plan(x)  # asked for explicitly: the model's own error
+    result = fvis.optimize(toy, obj.channel("conv", 1), fvis.PixelImage(8, batch=2), steps=3, progress=False)
+    assert result.steps == 3 and result.values.shape == (2,) and result.stopped is None
