@@ -145,8 +145,8 @@ class Capture:
     ...     acts["blocks.3"].shape
 
     ``channels_last``: feed 4-D inputs in channels-last layout. ``None`` (auto): decided by
-    :meth:`plan`, on for a CPU image batch (18-28 % faster forward+backward for
-    EfficientNet-Lite0 here, see results/bench_engine.md) and off again if the model fails on it
+    :meth:`plan`, on for a CPU image batch (EfficientNet-Lite0 renders 13-14 % faster per step;
+    results/bench_layout.md has eight architectures) and off again if the model fails on it
     (e.g. a ``.view`` of a feature map). Only the input's layout changes, never the model.
     """
 

@@ -32,6 +32,21 @@ def test_render_writes_images_json_and_contact_sheet(tmp_path, capsys):
     assert "3 image(s)" in stdout
 
 
+def test_no_channels_last_changes_only_the_layout(tmp_path, capsys):
+    import numpy as np
+
+    images = {}
+    for flag in ([], ["--no-channels-last"]):
+        out = tmp_path / ("nchw" if flag else "auto")
+        code, _, err = run(capsys, "render", "--model", "efficientnet-lite0", "-o", "logit:goldfinch", "--size", "64",
+                           "--steps", "3", "--seed", "1", "--quiet", *flag, "--out", str(out))
+        assert code == 0, err
+        meta = json.loads((out / "logit_goldfinch.json").read_text())
+        assert meta["settings"]["channels_last"] == ("no" if flag else "auto")
+        images[bool(flag)] = np.asarray(Image.open(out / "logit_goldfinch.png"), dtype=int)
+    assert np.abs(images[True] - images[False]).max() <= 2  # same run up to float rounding
+
+
 def test_layers_prints_types_and_shapes(capsys):
     code, out, _ = run(capsys, "layers", "efficientnet-lite0")
     assert code == 0
