@@ -5,7 +5,13 @@ Measured side by side in one run on EfficientNet-Lite0 at 224x224, weights froze
 bare steps and a block of fvis steps back to back (order alternating, ABBA), and the ratio is
 taken per round, so slow drifts of a shared machine hit both sides of a ratio alike; the table
 reports medians and the interquartile range of the per-round ratios. fvis runs its default
-recipe (Fourier parameterization + transformation robustness) unless a row says otherwise.
+recipe (Fourier parameterization + transformation robustness, input in channels-last layout on
+the CPU) unless a row says otherwise.
+
+The bare loop is what a user would write: ``model(x)[:, c].sum().backward()`` on the model as
+loaded, with a plain NCHW input. Rows marked "vs channels-last bare" pair fvis with a bare loop
+that also feeds its input channels-last, so they show the recipe's own cost with the layout gain
+taken out; "--no-channels-last" rows pair a plain-layout fvis with the plain bare loop.
 
 By default both sides run with fvis's CPU allocator settings (:func:`fvis.tune_allocator`, which
 the ``fvis`` command line applies); ``--allocator default`` keeps glibc's defaults for both.
@@ -34,22 +40,26 @@ import objectives as obj
 from fvis.render import render
 
 
-def bare_step_seconds(model, batch: int, steps: int, target_class: int = 94) -> float:
-    """Plain loop: fixed input -> model (with its normalization) -> logit -> backward.
+def bare_step_seconds(model, batch: int, steps: int, target_class: int = 94,
+                      channels_last: bool = False) -> float:
+    """Plain loop: fixed input -> model (with its normalization) -> logit -> backward
+    (``channels_last``: the input goes in channels-last layout, as fvis feeds it on the CPU).
 
     The input is fvis's own starting image (CPU convolution speed depends on the input's
     values, so both sides see the same kind of image)."""
     x = fvis.FourierImage(224, batch=batch, seed=0)().detach().requires_grad_()
     start = time.perf_counter()
     for _ in range(steps):
-        model(x)[:, target_class].sum().backward()
+        x_in = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        model(x_in)[:, target_class].sum().backward()
         x.grad = None
     return (time.perf_counter() - start) / steps
 
 
 def fvis_step_seconds(model, objective, batch: int, steps: int, transforms: bool = True,
-                      param: str = "fourier") -> float:
-    result = render(model, [objective] * batch, steps=steps, transforms=transforms, param=param, progress=False)
+                      param: str = "fourier", channels_last: bool | None = None) -> float:
+    result = render(model, [objective] * batch, steps=steps, transforms=transforms, param=param, progress=False,
+                    channels_last=channels_last)
     return result.seconds_per_step
 
 
@@ -86,19 +96,21 @@ def lucent_step_seconds(lucent, model, target_class: int, batch: int, steps: int
     return (time.perf_counter() - start) / steps
 
 
-def paired(model, batch: int, steps: int, rounds: int, step_seconds):
+def paired(model, batch: int, steps: int, rounds: int, step_seconds, bare_channels_last: bool = False):
     """Per-round (bare, timed) seconds per step, the two blocks of a round back to back;
     ``step_seconds(n)`` times the other side (fvis rendering, or Lucent's loop) over n steps."""
-    bare_step_seconds(model, batch, 2)  # warm-up both paths
+    def bare(n):
+        return bare_step_seconds(model, batch, n, channels_last=bare_channels_last)
+    bare(2)  # warm-up both paths
     step_seconds(2)
     pairs = []
     for r in range(rounds):
         if r % 2 == 0:
-            b = bare_step_seconds(model, batch, steps)
+            b = bare(steps)
             f = step_seconds(steps)
         else:
             f = step_seconds(steps)
-            b = bare_step_seconds(model, batch, steps)
+            b = bare(steps)
         pairs.append((b, f))
     return pairs
 
@@ -120,26 +132,31 @@ def main() -> None:
     model = fvis.load("efficientnet-lite0")
     for p in model.parameters():
         p.requires_grad_(False)
-    def fvis_case(label, objective, batch, transforms=True, param="fourier"):
-        return label, batch, lambda n: fvis_step_seconds(model, objective, batch, n, transforms, param)
+    def fvis_case(label, objective, batch, transforms=True, param="fourier", channels_last=None, bare_cl=False):
+        return label, batch, lambda n: fvis_step_seconds(model, objective, batch, n, transforms, param, channels_last), bare_cl
 
-    cases = [  # (label, batch, step_seconds(n))
-        fvis_case("(a) class logit, batch 1", obj.class_logit(94), 1),
-        fvis_case("(a) class logit, batch 8", obj.class_logit(94), 8),
-        fvis_case("(a) class logit, batch 1, --no-transforms", obj.class_logit(94), 1, False),
-        fvis_case("(a) class logit, batch 8, --no-transforms", obj.class_logit(94), 8, False),
-        fvis_case("(a) class logit, batch 1, --param pixel --no-transforms (loop alone)", obj.class_logit(94), 1, False, "pixel"),
-        fvis_case("(a) class logit, batch 8, --param pixel --no-transforms (loop alone)", obj.class_logit(94), 8, False, "pixel"),
+    logit = obj.class_logit(94)
+    cases = [  # (label, batch, step_seconds(n), bare loop in channels-last)
+        fvis_case("(a) class logit, batch 1", logit, 1),
+        fvis_case("(a) class logit, batch 8", logit, 8),
+        fvis_case("(a) class logit, batch 1, --no-channels-last", logit, 1, channels_last=False),
+        fvis_case("(a) class logit, batch 8, --no-channels-last", logit, 8, channels_last=False),
+        fvis_case("(a) class logit, batch 1, vs channels-last bare", logit, 1, bare_cl=True),
+        fvis_case("(a) class logit, batch 8, vs channels-last bare", logit, 8, bare_cl=True),
+        fvis_case("(a) class logit, batch 1, --param pixel --no-transforms (loop alone), vs channels-last bare",
+                  logit, 1, False, "pixel", bare_cl=True),
+        fvis_case("(a) class logit, batch 8, --param pixel --no-transforms (loop alone), vs channels-last bare",
+                  logit, 8, False, "pixel", bare_cl=True),
         fvis_case("(b) channel _blocks.1:3 (early), batch 1", obj.channel("_blocks.1", 3), 1),
         fvis_case("(b) channel _blocks.1:3 (early), batch 8", obj.channel("_blocks.1", 3), 8),
     ]
     lucent = None if args.no_lucent else import_lucent()
     if lucent is not None:
         cases += [(f"reference: Lucent 0.1.8 render_vis, class logit, batch {batch}", batch,
-                   lambda n, batch=batch: lucent_step_seconds(lucent, model, 94, batch, n)) for batch in (1, 8)]
+                   lambda n, batch=batch: lucent_step_seconds(lucent, model, 94, batch, n), False) for batch in (1, 8)]
     rows = []
-    for label, batch, step_seconds in cases:
-        pairs = paired(model, batch, args.steps, args.rounds, step_seconds)
+    for label, batch, step_seconds, bare_cl in cases:
+        pairs = paired(model, batch, args.steps, args.rounds, step_seconds, bare_cl)
         ratios = sorted(f / b for b, f in pairs)
         q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
         b = statistics.median(b for b, _ in pairs)
@@ -157,9 +174,10 @@ def main() -> None:
         f"EfficientNet-Lite0, 224x224, CPU ({torch.get_num_threads()} threads), torch {torch.__version__}. "
         f"{args.rounds} rounds of {args.steps} steps; in each round a bare block and an fvis block run back to "
         "back (order alternating), and the ratio is taken per round. fvis = Fourier parameterization + "
-        "transformation robustness + Adam (the `fvis render` default) unless the row says otherwise; "
-        "bare = `model(x)[:, c].sum().backward()` on a leaf input tensor (fvis's starting image), weights "
-        "frozen. Allocator (both sides): " + ("fvis.tune_allocator(), as the `fvis` CLI sets it" if args.allocator == "tuned"
+        "transformation robustness + Adam, input fed channels-last on the CPU (the `fvis render` default) unless "
+        "the row says otherwise; bare = `model(x)[:, c].sum().backward()` on a leaf input tensor (fvis's starting "
+        "image) in plain NCHW layout, weights frozen; \"vs channels-last bare\" rows feed the bare loop's input "
+        "channels-last too (the recipe's own cost, layout gain taken out). Allocator (both sides): " + ("fvis.tune_allocator(), as the `fvis` CLI sets it" if args.allocator == "tuned"
                                              else "glibc defaults") + ". Targets: (a) <= 1.05x, (b) <= 0.5x the bare full-model cost."
         + (" Reference rows: Lucent 0.1.8's own `render_vis` (its Fourier image at 224, standard transforms, "
            "Adam 0.05; a fresh copy of the model per block, copied outside the timing)." if lucent else ""),
