@@ -145,9 +145,12 @@ class Capture:
     ...     acts["blocks.3"].shape
 
     ``channels_last``: feed 4-D inputs in channels-last layout. ``None`` (auto): decided by
-    :meth:`plan`, on for a CPU image batch (EfficientNet-Lite0 renders 13-14 % faster per step;
+    :meth:`plan`, on for a CPU image batch (EfficientNet-Lite0 renders 13 % faster per step;
     results/bench_layout.md has eight architectures) and off again if the model fails on it
     (e.g. a ``.view`` of a feature map). Only the input's layout changes, never the model.
+    Without ``plan()``, ``forward()`` feeds NCHW unless ``channels_last=True``. Not caught: a
+    model that fails only in backward on channels-last gradients, or silently assumes NCHW
+    strides (``data_ptr`` arithmetic); pass ``channels_last=False`` for those.
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str], truncate: bool = True,
@@ -155,7 +158,8 @@ class Capture:
         self.model = model
         self.modules = resolve_layers(model, set(layers))
         self.truncate = truncate
-        self.channels_last = channels_last
+        self._layout_request = channels_last  # the caller's choice; None: plan() decides
+        self.channels_last = bool(channels_last)  # the layout forward() uses
         self._handles: list = []
         self._store: dict[str, list] = {}
         self._calls_needed: int | None = None  # set by plan()
@@ -211,16 +215,20 @@ class Capture:
         """One dry forward without gradients: counts the needed calls, enables truncation and
         settles the input layout."""
         self._calls_needed = None
-        auto = self.channels_last is None
-        if auto:
-            self.channels_last = isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu"
+        auto = self._layout_request is None
+        self.channels_last = (isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu") if auto \
+            else self._layout_request
         with torch.no_grad():
+            acts = None
             try:
                 acts = self.forward(x, items)
-            except RuntimeError:
+            except FvisError:
+                raise
+            except Exception:
                 if not (auto and self.channels_last):
                     raise
-                self.channels_last = False  # the model cannot take channels-last: plain layout
+            if acts is None:  # the model failed on channels-last input: plain layout (its own error if that fails too)
+                self.channels_last = False
                 acts = self.forward(x, items)
         needs_output = any(m is None for m in self.modules.values())
         if self.truncate and not needs_output and self._calls_seen > 0:
