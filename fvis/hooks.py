@@ -203,7 +203,7 @@ class Capture:
         if rows % items:
             raise FvisError(f"model input has {rows} rows, not a multiple of the {items} items")
         self._store, self._calls_seen = {}, 0
-        if self.channels_last is True and isinstance(x, torch.Tensor) and x.dim() == 4:
+        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # a copy in the autograd graph
         try:
             output = self.model(x)

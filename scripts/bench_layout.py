@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ import torchvision
 
 import fvis
 import objectives as obj
-from fvis.render import render
+from bench_engine import fvis_step_seconds  # the engine benchmark's fvis loop (scripts/ is on sys.path)
 
 DEFAULT_MODELS = ("efficientnet-lite0,resnet18,resnet50,convnext_tiny,mobilenet_v3_large,densenet121,"
                   "regnet_y_400mf,vgg11")
@@ -42,8 +41,7 @@ def build(name: str):
 
 
 def step_seconds(model, batch: int, steps: int, channels_last: bool | None) -> float:
-    result = render(model, [obj.class_logit(94)] * batch, steps=steps, progress=False, channels_last=channels_last)
-    return result.seconds_per_step
+    return fvis_step_seconds(model, obj.class_logit(94), batch, steps, channels_last=channels_last)
 
 
 def main() -> None:
