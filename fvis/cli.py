@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .allocator import tune_allocator
 from .errors import FvisError
+from .recipes import DEFAULT as DEFAULT_RECIPE, RECIPES
 
 
 def _size(text: str):
@@ -117,22 +118,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="natural images <class index>_*: adds activation-path similarity columns")
     _add_model_args(p)
 
-    p = sub.add_parser("prototype", help="class prototypes: class logit + activation matching (+ metrics, contact sheet)")
+    p = sub.add_parser("prototype", help="class prototypes by a named recipe (+ metrics, naturalness, contact sheet)")
     p.add_argument("--model", required=True)
     p.add_argument("--classes", required=True, metavar="C,C,...", help="class indices and/or names, e.g. 94,291,hummingbird")
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help=f"{' | '.join(RECIPES)} (default {DEFAULT_RECIPE}); the flags below override its settings")
     p.add_argument("--per-class", type=_positive_int, default=1, metavar="K", help="prototypes per class (diverse)")
-    p.add_argument("--steps", type=_positive_int, default=512)
-    p.add_argument("--match", default="bn", metavar="bn|images:DIR|none", help="activation-matching source (default bn)")
-    p.add_argument("--match-ratio", type=float, default=1.0, help="matching gradient norm / objective's at the start")
-    p.add_argument("--match-layers", default="per-block", help="per-block | all | LAYER,LAYER,... (BN layers)")
-    p.add_argument("--param", choices=["fourier", "maco", "pixel"], default="fourier")
+    p.add_argument("--steps", type=_positive_int, help="optimization steps (recipe's: 512, accentuate 256)")
+    p.add_argument("--match", metavar="bn|images:DIR|seed|none", help="natural-activation source")
+    p.add_argument("--match-stat", choices=["moments", "sorted"], help="match mean/std or whole sorted distributions")
+    p.add_argument("--match-over", choices=["item", "batch"], help="statistics of each image or of the whole batch")
+    p.add_argument("--match-ratio", type=float, help="matching gradient norm / objective's at the start")
+    p.add_argument("--match-layers", help="per-block | all | LAYER,LAYER,...")
+    p.add_argument("--param", choices=["fourier", "maco", "pixel"])
     p.add_argument("--reference", type=Path, metavar="DIR", help="images for the MACO amplitude spectrum")
-    p.add_argument("--init", choices=["equidistant", "random"], default="equidistant")
-    p.add_argument("--high-freq", type=float, default=10.0, help="weight of the high-frequency energy penalty")
-    p.add_argument("--tv", type=float, default=0.0, help="weight of the total-variation penalty")
+    p.add_argument("--init", metavar="random|equidistant|image:PATH", help="start (image:PATH: accentuate a photo)")
+    p.add_argument("--coarse", type=float, help="share of steps at half resolution (coarse-to-fine)")
+    p.add_argument("--flip", type=float, help="probability of mirroring in the transforms")
+    p.add_argument("--high-freq", type=float, help="weight of the high-frequency share penalty")
+    p.add_argument("--tv", type=float, help="weight of the total-variation penalty")
+    p.add_argument("--l2", type=float, help="weight of the L2 prior (distance from grey)")
     p.add_argument("--diversity", type=float, default=None, help="within-class diversity weight (default 50 when K > 1)")
     p.add_argument("--size", type=_size, help="image size N or HxW (default: the model's input size)")
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, help="learning rate (recipe's: 0.05)")
     p.add_argument("--evaluators", default="", metavar="M2,M3", help="independent models for the transfer metric")
     p.add_argument("--heldout", type=int, default=32, metavar="N", help="held-out transforms for robustness")
     p.add_argument("--seed", type=int, default=0)
@@ -339,13 +347,19 @@ def cmd_prototype(args) -> None:
     from .io import check_writable, list_images
     from .models import load
     from .prototype import make_prototypes, save_prototypes
+    from .recipes import get_recipe
 
     if args.heldout < 0:
         raise FvisError(f"--heldout must be >= 0, got {args.heldout}")
-    if not (args.match in ("bn", "none") or args.match.startswith("images:")):
-        raise FvisError(f"unknown --match {args.match!r}: use bn, images:DIR or none")
-    if args.match.startswith("images:"):
-        list_images(args.match.split(":", 1)[1])  # the folder exists and holds images
+    layers = args.match_layers
+    if layers is not None and layers not in ("per-block", "all"):
+        layers = layers.split(",")
+    recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(  # every check of the settings, before any work
+        steps=args.steps, match=args.match, match_stat=args.match_stat, match_over=args.match_over,
+        match_ratio=args.match_ratio, match_layers=layers, param=args.param, init=args.init, coarse=args.coarse,
+        flip=args.flip, high_freq=args.high_freq, tv=args.tv, l2=args.l2, lr=args.lr, diversity=args.diversity)
+    if recipe.match.startswith("images:"):
+        list_images(recipe.match.split(":", 1)[1])  # the folder exists and holds images
     if args.reference is not None:
         list_images(args.reference)
     out = check_writable(args.out)
@@ -354,20 +368,18 @@ def cmd_prototype(args) -> None:
     if not classes:
         raise FvisError("--classes is empty")
     evaluators = [load(name.strip(), device=args.device) for name in args.evaluators.split(",") if name.strip()]
-    layers = args.match_layers if args.match_layers in ("per-block", "all") else args.match_layers.split(",")
-    diversity = args.diversity if args.diversity is not None else (50.0 if args.per_class > 1 else 0.0)
-    protos = make_prototypes(
-        model, classes, per_class=args.per_class, steps=args.steps, match=args.match, param=args.param,
-        init=args.init, size=args.size, lr=args.lr, seed=args.seed, tv=args.tv, high_freq=args.high_freq,
-        match_ratio=args.match_ratio, match_layers=layers, diversity=diversity, reference=args.reference,
-        evaluators=evaluators, heldout=args.heldout, progress=not args.quiet)
+    protos = make_prototypes(model, classes, recipe=recipe, per_class=args.per_class, size=args.size, seed=args.seed,
+                             reference=args.reference, evaluators=evaluators, heldout=args.heldout,
+                             progress=not args.quiet)
     save_prototypes(protos, out)
-    print(f"{'image':<32} {'clean_p':>7} {'robust':>6} {'transfer':>8} {'hfer':>6}")
+    print(f"{'image':<32} {'clean_p':>7} {'robust':>6} {'transfer':>8} {'hfer':>6} {'natural':>7}")
     fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
     for p in protos:
-        m = p.metrics
-        print(f"{p.stem + '.png':<32} {fmt(m['clean_p']):>7} {fmt(m['robustness']):>6} {fmt(m['transfer']):>8} {fmt(m['hfer']):>6}")
-    print(f"{len(protos)} prototype(s) in {out}/ ({protos[0].seconds:.1f} s each; index.json, contact_sheet.png)")
+        m, n = p.metrics, p.metrics["naturalness"]
+        print(f"{p.stem + '.png':<32} {fmt(m['clean_p']):>7} {fmt(m['robustness']):>6} {fmt(m['transfer']):>8} "
+              f"{fmt(m['hfer']):>6} {n['natural_in_range']:>4}/{n['natural_total']}")
+    print(f"{len(protos)} prototype(s) in {out}/ (recipe {recipe.name}, {protos[0].seconds:.1f} s each; "
+          f"index.json, contact_sheet.png)")
 
 
 def cmd_entangle(args) -> None:
