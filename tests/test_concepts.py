@@ -1,0 +1,255 @@
+"""fvis.concepts: TCAV scores, batched CAV fitting, gradient reuse, t-test, cache, CAV files, errors."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import fvis
+from fvis import concepts as C
+from fvis.concepts.tcav import Problem, accuracy, fit_cavs, scores
+
+S = 24
+
+
+def tiny_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(16, 3))
+
+
+@pytest.fixture
+def tiny():
+    return fvis.wrap(tiny_net(), mean=None, std=None, input_size=S, class_names=["a", "b", "c"], name="tiny")
+
+
+def backgrounds(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, 1, 1, generator=g) * 0.6 + 0.2
+    low = nn.functional.interpolate(torch.rand(n, 3, 6, 6, generator=g) - 0.5, size=(S, S), mode="bilinear",
+                                    align_corners=False)
+    return (base + 0.3 * low).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def test_t_test_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(0)
+    for na, nb, shift in [(20, 20, 0.0), (20, 20, 0.3), (5, 30, 0.1), (50, 7, -1.0)]:
+        a = torch.rand(na, generator=g, dtype=torch.float64)
+        b = torch.rand(nb, generator=g, dtype=torch.float64) + shift
+        for equal_var in (True, False):
+            t, p = C.t_test(a, b, equal_var)
+            ref = stats.ttest_ind(a.numpy(), b.numpy(), equal_var=equal_var)
+            assert t == pytest.approx(ref.statistic, rel=1e-9)
+            assert p == pytest.approx(ref.pvalue, rel=1e-7, abs=1e-14)
+    assert C.t_test([1.0, 1.0], [1.0, 1.0]) == (0.0, 1.0)
+    assert C.t_test([1.0, 1.0], [0.5, 0.5])[1] == 0.0
+
+
+# ----------------------------------------------------------------------------- CAV fitting
+
+def _problems(N, K, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for k in range(K):
+        perm = torch.randperm(N, generator=g)
+        n_pos, n_neg = 10 + k % 4, 12 + k % 3
+        out.append(Problem(perm[:n_pos], perm[n_pos:n_pos + n_neg], perm[-5:-2], perm[-2:]))
+    return out
+
+
+@pytest.mark.parametrize("method", ["logistic", "svm", "fastcav"])
+def test_batched_fit_equals_per_run_fit(method):
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(60, 40, generator=g) + torch.linspace(0, 1, 40)
+    problems = _problems(60, 7, 2)
+    cavs, W, b = fit_cavs(X, problems, method)
+    for k, p in enumerate(problems):
+        c1, W1, b1 = fit_cavs(X, [p], method)
+        assert torch.allclose(cavs[k], c1[0], atol=1e-5), (method, k)
+        assert torch.allclose(W[k], W1[0], rtol=1e-4, atol=1e-6)
+        assert b[k].item() == pytest.approx(b1[0].item(), rel=1e-4, abs=1e-6)
+    assert torch.allclose(cavs.norm(dim=1), torch.ones(len(problems)))
+
+
+def test_logistic_fit_is_the_optimum():
+    """The Newton solution in the span of the rows is the primal optimum: the gradient vanishes."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(50, 30, generator=g, dtype=torch.float64).float()
+    p = _problems(50, 1, 4)[0]
+    l2 = 1e-2
+    _, W, b = fit_cavs(X, [p], "logistic", l2)
+    scale = X.pow(2).sum(1).mean().sqrt()
+    w = (W[0] * scale).double().requires_grad_(True)
+    bb = b[0].double().clone().requires_grad_(True)
+    Xs = (X / scale).double()
+    f = torch.cat([Xs[p.pos], Xs[p.neg]]) @ w + bb
+    y = torch.cat([torch.ones(len(p.pos)), -torch.ones(len(p.neg))]).double()
+    loss = nn.functional.softplus(-y * f).mean() + 0.5 * l2 * w.pow(2).sum()
+    gw, gb = torch.autograd.grad(loss, [w, bb])
+    assert gw.abs().max() < 1e-5 and abs(gb.item()) < 1e-5
+
+
+def test_separable_concept_gets_an_accurate_cav():
+    g = torch.Generator().manual_seed(5)
+    direction = torch.randn(32, generator=g)
+    X = torch.randn(80, 32, generator=g)
+    X[:40] += 1.5 * direction / direction.norm() * 3
+    p = Problem(torch.arange(30), torch.arange(40, 70), torch.arange(30, 40), torch.arange(70, 80))
+    for method in ("logistic", "svm", "fastcav"):
+        cavs, W, b = fit_cavs(X, [p], method)
+        assert accuracy(X, [p], W, b)[0] >= 0.9
+        assert torch.dot(cavs[0], direction / direction.norm()) > 0.6
+
+
+# ----------------------------------------------------------------------------- gradients
+
+def test_gradient_reuse_equals_per_cav_directional_derivative(tiny):
+    """One gradient per image and a matrix product == the derivative of the logit along each CAV,
+    computed separately by moving the layer's output along the CAV."""
+    x = backgrounds(4, 0)
+    grads = C.compute_gradients(tiny, x, ["2"], target=1)["2"]
+    cavs = nn.functional.normalize(torch.randn(3, grads.shape[1]), dim=1)
+    _, _, S_batched = scores(grads, cavs)
+    layer = tiny.net[2]
+    for k in range(3):
+        eps = torch.zeros((), requires_grad=True)
+        v = cavs[k].view(1, 16, S // 2, S // 2)
+        h = layer.register_forward_hook(lambda m, i, o: o + eps * v)
+        try:
+            out = tiny(x)
+        finally:
+            h.remove()
+        for i in range(len(x)):
+            (d,) = torch.autograd.grad(out[i, 1], eps, retain_graph=True)
+            assert S_batched[i, k].item() == pytest.approx(d.item(), rel=1e-4, abs=1e-6)
+
+
+def test_gradients_leave_the_model_as_it_was(tiny):
+    tiny.train()
+    before = [p.requires_grad for p in tiny.parameters()]
+    C.compute_gradients(tiny, backgrounds(2, 0), ["0", "2"], target=0)
+    assert tiny.training and [p.requires_grad for p in tiny.parameters()] == before
+    assert all(p.grad is None for p in tiny.parameters())
+    assert not any(m._forward_hooks for m in tiny.modules())
+
+
+# ----------------------------------------------------------------------------- tcav end to end
+
+def _run(model, tmp_path, **kw):
+    args = dict(runs=5, cache=tmp_path / "cache", min_images=6)
+    args.update(kw)
+    return C.tcav(model, ["2"], "b", backgrounds(8, 1),
+                  {"stripes": C.texture("stripes", 12, S, 2, scale=(3, 8)), "red": C.colour("red", 12, S, 3)},
+                  backgrounds(80, 4), **args)
+
+
+def test_cache_round_trips(tiny, tmp_path):
+    r1 = _run(tiny, tmp_path)
+    files = sorted((tmp_path / "cache" / "tcav").glob("*.safetensors"))
+    assert len(files) == 4  # stripes, red, random pool activations + class-image gradients
+    r2 = _run(tiny, tmp_path)
+    assert sorted((tmp_path / "cache" / "tcav").glob("*.safetensors")) == files
+    for a, b in zip(r1.results, r2.results):
+        assert torch.equal(a.cavs, b.cavs) and torch.equal(a.scores, b.scores)
+    r3 = _run(tiny, tmp_path, cache=False)
+    assert torch.allclose(r3.results[0].cavs, r1.results[0].cavs, atol=1e-6)
+    # another model (other weights) never reads these entries
+    other = fvis.wrap(tiny_net(1), mean=None, std=None, input_size=S, class_names=["a", "b", "c"], name="tiny")
+    _run(other, tmp_path)
+    assert len(list((tmp_path / "cache" / "tcav").glob("*.safetensors"))) == 8
+
+
+def test_tcav_result_fields_and_cav_files(tiny, tmp_path):
+    r = _run(tiny, tmp_path, relative=False)
+    rec = r.records()
+    assert [x["concept"] for x in rec] == ["stripes", "red"]
+    for x in rec:
+        assert {"concept", "layer", "target", "score_mean", "score_std", "p_value", "significant",
+                "cav_accuracy"} <= set(x)
+        assert x["target"] == 1 and len(x["scores"]) == 5 and 0 <= x["p_value"] <= 1
+        assert x["p_corrected"] == pytest.approx(min(1, 2 * x["p_value"]))
+    null = r.random["2"]
+    assert len(null.scores) == 5
+    _, p = C.t_test(r.results[0].scores, null.scores)
+    assert r.results[0].p_value == pytest.approx(p)
+    path = r.save_cavs(tmp_path / "cavs.safetensors")
+    cs = C.load_cavs(path)
+    assert [e["concept"] for e in cs.entries] == ["stripes", "red", "random"]
+    assert torch.equal(cs.cavs[0], r.results[0].cavs)
+    # explaining new images with the saved CAVs: no refit, same derivatives as the class images'
+    x = backgrounds(8, 1)
+    sens = C.sensitivity(tiny, x, path)
+    assert sens.derivative.shape == (8, 3)
+    share = (sens.positive_share[:, 0] > 0.5).float().mean()
+    g = C.compute_gradients(tiny, x, ["2"], 1)["2"]
+    assert torch.allclose(sens.derivative[:, 0], (g @ r.results[0].cavs.T).mean(1), atol=1e-5)
+    assert 0 <= share <= 1
+
+
+def test_relative_tcav_fits_concepts_against_each_other(tiny, tmp_path):
+    r = _run(tiny, tmp_path, relative=True)
+    # stripes vs red and red vs stripes point in (nearly) opposite directions
+    s, c = r.get("stripes").cavs.mean(0), r.get("red").cavs.mean(0)
+    assert torch.nn.functional.cosine_similarity(s, c, dim=0) < -0.5
+    assert r.settings["relative"] is True
+
+
+def test_bad_inputs_give_one_clear_error(tiny, tmp_path):
+    cls, rnd = backgrounds(4, 1), backgrounds(40, 4)
+    ok = {"stripes": C.texture("stripes", 12, S, 2)}
+    with pytest.raises(fvis.FvisError, match="concept 'few' has 3 images"):
+        C.tcav(tiny, "2", 1, cls, {"few": C.texture("dots", 3, S)}, rnd, runs=4, cache=False, min_images=6)
+    with pytest.raises(fvis.FvisError, match="unknown layer 'nope'"):
+        C.tcav(tiny, "nope", 1, cls, ok, rnd, runs=4, cache=False)
+    with pytest.raises(fvis.FvisError, match="out of range"):
+        C.tcav(tiny, "2", 7, cls, ok, rnd, runs=4, cache=False, min_images=6)
+    with pytest.raises(fvis.FvisError, match="unknown class name"):
+        C.tcav(tiny, "2", "zebra", cls, ok, rnd, runs=4, cache=False, min_images=6)
+    with pytest.raises(fvis.FvisError, match="same images"):
+        C.tcav(tiny, "2", 1, cls, {"same": rnd.clone()}, rnd, runs=4, cache=False, min_images=6)
+    with pytest.raises(fvis.FvisError, match="random pool has 40 images"):
+        C.tcav(tiny, "2", 1, cls, ok, rnd, runs=20, cache=False, min_images=6)
+    with pytest.raises(fvis.FvisError, match="unknown CAV classifier"):
+        C.tcav(tiny, "2", 1, cls, ok, rnd, runs=4, cav="tree", cache=False)
+    with pytest.raises(fvis.FvisError, match="relative TCAV needs at least two"):
+        C.tcav(tiny, "2", 1, cls, ok, rnd, runs=4, relative=True, cache=False)
+    folder = C.save_folder(rnd[:12], tmp_path / "pool")
+    with pytest.raises(fvis.FvisError, match="same images"):
+        C.tcav(tiny, "2", 1, cls, {"pool": folder}, folder, runs=2, cache=False, min_images=6)
+
+
+# ----------------------------------------------------------------------------- synthetic sources
+
+def test_synthetic_concepts_are_seeded_and_in_range(tmp_path):
+    for kind in C.KINDS:
+        a, b = C.texture(kind, 3, 32, seed=1), C.texture(kind, 3, 32, seed=1)
+        assert a.shape == (3, 3, 32, 32) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+        assert a.std() > 0.1  # a real two-colour pattern
+    red = C.colour("red", 4, 16)
+    assert (red[:, 0].mean() > 0.6) and (red[:, 1].mean() < 0.3)
+    assert C.concept("colour:blue", 2, 8).shape == (2, 3, 8, 8)
+    with pytest.raises(fvis.FvisError, match="unknown synthetic concept"):
+        C.concept("plaid", 2)
+    photos = C.save_folder(C.texture("checks", 2, 64), tmp_path / "photos")
+    crops = C.random_crops(photos, 10, 32, seed=0)
+    assert crops.shape == (10, 3, 32, 32) and torch.equal(crops, C.random_crops(photos, 10, 32, seed=0))
+
+
+# ----------------------------------------------------------------------------- controlled experiment
+
+def _paste(img, tex, seed, right):
+    g = torch.Generator().manual_seed(seed)
+    out = img.clone()
+    for i in range(len(img)):
+        y = int(torch.randint(0, S - 12 + 1, (1,), generator=g))
+        x = 12 if right else 0
+        out[i, :, y:y + 12, x:x + 12] = tex[i, :, :12, :12]
+    return out
+
+
+class _LogOdds(nn.Module):
+    def forward(self, z):  # class 0 logit fixed at 0: class 1's logit is the log-odds
+        return torch.cat([torch.zeros_like(z), z], 1)
