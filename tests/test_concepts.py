@@ -7,7 +7,7 @@ from torch import nn
 
 import fvis
 from fvis import concepts as C
-from fvis.concepts.tcav import Problem, accuracy, fit_cavs, scores
+from fvis.concepts.tcav import Problem, accuracy, fit_cavs, prediction_test, scores
 
 S = 24
 
@@ -46,6 +46,11 @@ def test_t_test_matches_scipy():
             assert p == pytest.approx(ref.pvalue, rel=1e-7, abs=1e-14)
     assert C.t_test([1.0, 1.0], [1.0, 1.0]) == (0.0, 1.0)
     assert C.t_test([1.0, 1.0], [0.5, 0.5])[1] == 0.0
+    # the prediction test is the two-sample t-test of one value against the sample (Student's)
+    ref = stats.ttest_ind([0.9], [0.2, 0.5, 0.4, 0.3], equal_var=True)
+    sample = torch.tensor([0.2, 0.5, 0.4, 0.3], dtype=torch.float64)
+    t, p = prediction_test(0.9, sample)
+    assert p == pytest.approx(ref.pvalue, rel=1e-9)
 
 
 # ----------------------------------------------------------------------------- CAV fitting
@@ -173,8 +178,10 @@ def test_tcav_result_fields_and_cav_files(tiny, tmp_path):
         assert x["p_corrected"] == pytest.approx(min(1, 2 * x["p_value"]))
     null = r.random["2"]
     assert len(null.scores) == 5
-    _, p = C.t_test(r.results[0].scores, null.scores)
-    assert r.results[0].p_value == pytest.approx(p)
+    first = r.results[0]
+    assert first.p_runs == pytest.approx(C.t_test(first.scores, null.scores)[1])
+    assert first.p_sets == pytest.approx(prediction_test(first.score_mean, r.null_means["2"])[1])
+    assert first.p_value == first.p_sets and rec[0]["p_value_runs"] == first.p_runs
     path = r.save_cavs(tmp_path / "cavs.safetensors")
     cs = C.load_cavs(path)
     assert [e["concept"] for e in cs.entries] == ["stripes", "red", "random"]
@@ -216,9 +223,11 @@ def test_bad_inputs_give_one_clear_error(tiny, tmp_path):
         C.tcav(tiny, "2", 1, cls, ok, rnd, runs=4, cav="tree", cache=False)
     with pytest.raises(fvis.FvisError, match="relative TCAV needs at least two"):
         C.tcav(tiny, "2", 1, cls, ok, rnd, runs=4, relative=True, cache=False)
+    with pytest.raises(fvis.FvisError, match="unknown test"):
+        C.tcav(tiny, "2", 1, cls, ok, rnd, runs=4, test="anova", cache=False)
     folder = C.save_folder(rnd[:12], tmp_path / "pool")
     with pytest.raises(fvis.FvisError, match="same images"):
-        C.tcav(tiny, "2", 1, cls, {"pool": folder}, folder, runs=2, cache=False, min_images=6)
+        C.tcav(tiny, "2", 1, cls, {"pool": folder}, folder, runs=3, cache=False, min_images=4)
 
 
 # ----------------------------------------------------------------------------- synthetic sources

@@ -7,12 +7,19 @@ along the CAV (positive directional derivative ``grad_layer logit . cav``); the 
 ``sum(max(S, 0)) / sum(|S|)`` over the same derivatives ``S``.
 
 Runs: the random pool is split into ``runs`` disjoint random sets ``R_0..R_{runs-1}``. Run ``i``
-fits the concept against ``R_i``; the null distribution comes from random-vs-random CAVs fitted on
-the same negatives (``R_{i+1}`` against ``R_i``, positives subsampled to the concept set size).
-Each run draws its own held-out split (``test_fraction``) on which the CAV accuracy is measured.
-The p-value is a two-sided Student t-test (as tensorflow/tcav and captum) of the concept's run
-scores against the random-vs-random scores at the same layer; significance is Bonferroni-corrected
-over every (concept, layer) tested in the call.
+fits the concept against ``R_i``. Each run draws its own held-out split (``test_fraction``) on
+which the CAV accuracy is measured.
+
+Significance. The concept's images are one fixed set: its CAVs vary across runs only through the
+negatives, so its run scores have a small spread even when the set is arbitrary (a fixed set of
+*random* images gets consistent scores too). Comparing those run scores with random-vs-random run
+scores (tensorflow/tcav, captum: ``test="runs"``) therefore calls arbitrary sets significant; the
+controlled test in tests/test_concepts.py shows it. The default ``test="sets"`` treats the set as the
+unit: every random set ``R_j`` (subsampled once to the concept's size) is a pseudo-concept fitted
+exactly like a concept, against every other random set (``runs - 1`` runs), and the concept's mean
+score is compared with the ``runs`` pseudo-concepts' mean scores by a two-sided t prediction test
+(``runs - 1`` degrees of freedom). Both p-values are reported; significance uses the chosen one,
+Bonferroni-corrected over every (concept, layer) tested in the call.
 
 Cost: every image goes through the model once (concept and random images: a truncated forward
 without gradients; class images: one forward and one backward for all layers), cached as
@@ -120,6 +127,22 @@ def t_test(a: Sequence[float], b: Sequence[float], equal_var: bool = True) -> tu
     return t, min(1.0, max(0.0, p))
 
 
+def prediction_test(value: float, sample: Sequence[float]) -> tuple[float, float]:
+    """Two-sided t prediction test: is ``value`` a plausible new draw from the population of
+    ``sample``? ``t = (value - mean) / (sd * sqrt(1 + 1/n))`` with ``n - 1`` degrees of freedom."""
+    x = torch.as_tensor(sample, dtype=torch.float64).flatten()
+    n = len(x)
+    if n < 2:
+        raise FvisError("a prediction test needs at least 2 reference values")
+    m, sd = x.mean().item(), x.std(unbiased=True).item()
+    se = sd * math.sqrt(1 + 1 / n)
+    if se <= 0:
+        return (0.0, 1.0) if value == m else (math.copysign(math.inf, value - m), 0.0)
+    t = (value - m) / se
+    df = n - 1
+    return t, min(1.0, max(0.0, betainc(df / 2, 0.5, df / (df + t * t))))
+
+
 # ----------------------------------------------------------------------------- CAV fitting
 
 @dataclass
@@ -141,7 +164,7 @@ def _loss(kind: str, m: torch.Tensor):
 
 
 def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logistic", l2: float = 1e-2,
-             max_iter: int = 100, tol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             max_iter: int = 100, tol: float = 1e-12, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fit every problem's linear classifier on rows of ``X`` ``(N, D)`` together.
 
     Returns ``(cavs (K, D) unit vectors toward the positives, weights (K, D) raw normals,
@@ -151,6 +174,10 @@ def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logist
     all problems at once; ``"fastcav"``: difference of the means, bias at the midpoint."""
     if method not in CAV_METHODS:
         raise FvisError(f"unknown CAV classifier {method!r}: choose one of {', '.join(CAV_METHODS)}")
+    if len(problems) > chunk:  # bounded memory: (chunk, n, n) systems at a time
+        parts = [fit_cavs(X, problems[i:i + chunk], method, l2, max_iter, tol, chunk)
+                 for i in range(0, len(problems), chunk)]
+        return tuple(torch.cat(t) for t in zip(*parts))
     X = X.float()
     K, N = len(problems), X.shape[0]
     if method == "fastcav":
@@ -265,7 +292,9 @@ class ConceptResult:
     cavs: torch.Tensor            # (runs, D) unit CAVs
     bias: torch.Tensor            # (runs,) decision-function bias (of the raw normal)
     weights_norm: torch.Tensor    # (runs,) norm of the raw normal (decision f = |w| (x . cav) + bias)
-    p_value: float | None = None
+    p_value: float | None = None      # the chosen test's (``test``)
+    p_runs: float | None = None       # run scores vs random-vs-random run scores (tensorflow/tcav, captum)
+    p_sets: float | None = None       # mean score vs the random pseudo-concepts' mean scores
     p_corrected: float | None = None
     significant: bool | None = None
 
@@ -282,7 +311,8 @@ class ConceptResult:
                 "score_mean": self.score_mean, "score_std": self.score_std,
                 "magnitude_mean": self.magnitudes.mean().item(),
                 "magnitude_std": self.magnitudes.std(unbiased=True).item() if len(self.magnitudes) > 1 else 0.0,
-                "p_value": self.p_value, "p_corrected": self.p_corrected, "significant": self.significant,
+                "p_value": self.p_value, "p_value_runs": self.p_runs, "p_value_sets": self.p_sets,
+                "p_corrected": self.p_corrected, "significant": self.significant,
                 "cav_accuracy": self.accuracies.mean().item(), "cav_accuracy_min": self.accuracies.min().item(),
                 "runs": len(self.scores), "scores": self.scores.tolist(), "magnitudes": self.magnitudes.tolist()}
 
@@ -293,6 +323,7 @@ class TCAVResult:
     random: dict[str, ConceptResult]        # layer -> random-vs-random null
     settings: dict = field(default_factory=dict)
     layer_shapes: dict[str, list[int]] = field(default_factory=dict)
+    null_means: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (runs,) pseudo-concept mean scores
 
     def get(self, concept: str, layer: str | None = None) -> ConceptResult:
         for r in self.results:
@@ -333,7 +364,7 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
          concepts: Mapping[str, Images], random: Images, runs: int = 20, cav: str = "logistic",
          relative: bool = False, seed: int = 0, *, pool: str = "flatten", l2: float = 1e-2,
          test_fraction: float = 0.25, random_size: int | None = None, min_images: int = 10,
-         alpha: float = 0.05, equal_var: bool = True, cache: str | Path | None | bool = None,
+         alpha: float = 0.05, test: str = "sets", equal_var: bool = True, cache: str | Path | None | bool = None,
          batch_size: int = 32) -> TCAVResult:
     """TCAV scores of class ``target`` for each concept at each layer, tested against random CAVs.
 
@@ -355,7 +386,12 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
         random_size: images per random set (default: the largest concept set, at most pool // runs).
         min_images: fewest images a concept or a random set may have.
         alpha: significance level after Bonferroni correction over concepts x layers.
-        equal_var: Student's t-test (default) or Welch's (``False``).
+        test: ``"sets"`` (default): the concept's mean score against the mean scores of random
+            pseudo-concepts (each random set, fitted like a concept against the other random sets),
+            a two-sided t prediction test with ``runs - 1`` degrees of freedom; ``"runs"``: the
+            concept's run scores against random-vs-random run scores, a two-sided two-sample
+            t-test (tensorflow/tcav and captum). Both p-values are always reported.
+        equal_var: Student's (default) or Welch's t-test for ``test="runs"``.
         cache: folder for the activation cache (default ``$FVIS_CACHE``/~/.cache/fvis; ``False``: none).
 
     Returns a :class:`TCAVResult`: per (concept, layer) the run scores, magnitudes, held-out CAV
@@ -369,8 +405,10 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
         raise FvisError(f"unknown CAV classifier {cav!r}: choose one of {', '.join(CAV_METHODS)}")
     if pool not in POOLS:
         raise FvisError(f"unknown pool {pool!r}: choose one of {', '.join(POOLS)}")
-    if runs < 2:
-        raise FvisError(f"runs must be at least 2 for a t-test, got {runs}")
+    if test not in ("sets", "runs"):
+        raise FvisError(f"unknown test {test!r}: choose sets or runs")
+    if runs < 3:
+        raise FvisError(f"runs must be at least 3 for the tests, got {runs}")
     if not 0 < test_fraction < 1:
         raise FvisError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     concepts = dict(concepts)
@@ -443,15 +481,25 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
             pos_tr, pos_te = _split(rows, test_fraction, g)
             neg_tr, neg_te = _split(neg, test_fraction, g)
             problems.append(Problem(pos_tr, neg_tr, pos_te, neg_te))
-    for i in range(runs):
-        pos = _sample(sets[(i + 1) % runs], null_size, g)
-        pos_tr, pos_te = _split(pos, test_fraction, g)
-        neg_tr, neg_te = _split(sets[i], test_fraction, g)
-        problems.append(Problem(pos_tr, neg_tr, pos_te, neg_te))
+    # the null: every random set R_j, subsampled once to the concept size, is a pseudo-concept
+    # fitted like a concept against every other random set R_i (runs - 1 runs each)
+    null_cells = []
+    for j in range(runs):
+        pos = _sample(sets[j], null_size, g)
+        for i in range(runs):
+            if i == j:
+                continue
+            pos_tr, pos_te = _split(pos, test_fraction, g)
+            neg_tr, neg_te = _split(sets[i], test_fraction, g)
+            problems.append(Problem(pos_tr, neg_tr, pos_te, neg_te))
+            null_cells.append((j, i))
+    classic = [null_cells.index(((i + 1) % runs, i)) for i in range(runs)]  # one CAV per negative set R_i
+    owner = torch.tensor([j for j, _ in null_cells])
 
-    results, null = [], {}
+    results, null, null_means = [], {}, {}
     n_tests = len(concepts) * len(layers)
     shapes = _layer_shapes(model, layers)
+    k_null = len(concepts) * runs
     for layer in layers:
         X = torch.cat([concept_acts[name][layer] for name in concepts] + [random_acts[layer]])
         cavs, W, b = fit_cavs(X, problems, cav, l2)
@@ -459,16 +507,20 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
         count, magnitude, _ = scores(grads[layer], cavs)
         wn = W.norm(dim=1)
 
-        def part(k0, name):
-            sl = slice(k0, k0 + runs)
-            return ConceptResult(name, layer, target, target_name, count[sl], magnitude[sl], acc[sl], cavs[sl],
-                                 b[sl], wn[sl])
+        def part(ks, name):
+            return ConceptResult(name, layer, target, target_name, count[ks], magnitude[ks], acc[ks], cavs[ks],
+                                 b[ks], wn[ks])
 
-        null[layer] = part(len(concepts) * runs, "random")
+        null[layer] = part(torch.tensor(classic) + k_null, "random")
+        null_count = count[k_null:]
+        means = torch.zeros(runs).index_add_(0, owner, null_count) / (runs - 1)
+        null_means[layer] = means
         for j, name in enumerate(concepts):
-            r = part(j * runs, name)
-            _, p = t_test(r.scores, null[layer].scores, equal_var)
-            r.p_value, r.p_corrected = p, min(1.0, p * n_tests)
+            r = part(torch.arange(j * runs, (j + 1) * runs), name)
+            r.p_runs = t_test(r.scores, null[layer].scores, equal_var)[1]
+            r.p_sets = prediction_test(r.score_mean, means)[1]
+            r.p_value = r.p_sets if test == "sets" else r.p_runs
+            r.p_corrected = min(1.0, r.p_value * n_tests)
             r.significant = bool(r.p_corrected < alpha)
             results.append(r)
     order = {name: j for j, name in enumerate(concepts)}
@@ -483,10 +535,10 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
                 "random_size": m, "random_pool": pool_n, "null_positive_size": null_size,
                 "concept_images": {n: len(r) for n, r in offsets.items()},
                 "class_images": len(grads[layers[0]]), "alpha": alpha, "bonferroni_tests": n_tests,
-                "t_test": "student" if equal_var else "welch",
+                "test": test, "t_test": "student" if equal_var else "welch",
                 "sources": {"class_images": _source_name(class_images), "random": _source_name(random),
                             **{f"concept:{n}": _source_name(s) for n, s in concepts.items()}}}
-    return TCAVResult(results, null, settings, shapes)
+    return TCAVResult(results, null, settings, shapes, null_means)
 
 
 def _layer_shapes(model, layers: Sequence[str]) -> dict[str, list[int]]:
