@@ -181,7 +181,8 @@ def test_tcav_result_fields_and_cav_files(tiny, tmp_path):
     first = r.results[0]
     assert first.p_runs == pytest.approx(C.t_test(first.scores, null.scores)[1])
     assert first.p_sets == pytest.approx(prediction_test(first.score_mean, r.null_means["2"])[1])
-    assert first.p_value == first.p_sets and rec[0]["p_value_runs"] == first.p_runs
+    assert first.p_value == first.p_runs and rec[0]["p_value_sets"] == first.p_sets
+    assert _run(tiny, tmp_path, test="sets").results[0].p_value == pytest.approx(first.p_sets)
     path = r.save_cavs(tmp_path / "cavs.safetensors")
     cs = C.load_cavs(path)
     assert [e["concept"] for e in cs.entries] == ["stripes", "red", "random"]
@@ -262,3 +263,54 @@ def _paste(img, tex, seed, right):
 class _LogOdds(nn.Module):
     def forward(self, z):  # class 0 logit fixed at 0: class 1's logit is the log-odds
         return torch.cat([torch.zeros_like(z), z], 1)
+
+
+class _Gray(nn.Module):
+    def forward(self, x):  # the network is colour-blind by construction: it sees luminance only
+        return (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:])
+
+
+def _planted(n, seed):
+    """Backgrounds; class 1 gets a stripes patch (the planted concept); a reddish tint that keeps
+    the luminance is applied to half of both classes (the concept the network cannot depend on)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = backgrounds(n, seed + 1)
+    x = torch.where(y[:, None, None, None] == 1, _paste(x, C.texture("stripes", n, S, seed + 2, scale=(3, 8)), seed + 3,
+                                                        False), x)
+    tinted = torch.rand(n, generator=g) < 0.5
+    return torch.where(tinted[:, None, None, None], _tint(x), x), y
+
+
+def _tint(x):
+    return x + torch.tensor([0.15, -0.15 * 0.299 / 0.587, 0.0]).view(1, 3, 1, 1)  # zero luminance change
+
+
+def test_controlled_experiment_planted_concept_is_significant_others_are_not(tmp_path):
+    """As the TCAV paper's captions experiment: ground truth known by construction."""
+    torch.manual_seed(0)
+    net = nn.Sequential(_Gray(), nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                        nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(16, 1), _LogOdds())
+    x, y = _planted(384, 0)
+    opt = torch.optim.Adam(net.parameters(), 3e-3, weight_decay=1e-4)
+    for _ in range(8):
+        for i in range(0, len(x), 32):
+            loss = nn.functional.cross_entropy(net(x[i:i + 32]), y[i:i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    xt, yt = _planted(256, 100)
+    with torch.no_grad():
+        assert (net(xt).argmax(1) == yt).float().mean() > 0.85
+    model = fvis.wrap(net, mean=None, std=None, input_size=S, class_names=["plain", "striped"], name="planted")
+    concepts = {"stripes": C.texture("stripes", 30, S, 7, scale=(3, 8)),  # planted: the class depends on it
+                "reddish": _tint(backgrounds(30, 8)),                    # present, but invisible to the network
+                "arbitrary": backgrounds(30, 9)}                         # a fixed set of random images
+    r = C.tcav(model, ["4"], "striped", xt[yt == 1][:40], concepts, backgrounds(600, 10), runs=20, cache=False)
+    got = {x.concept: x for x in r.results}
+    assert got["stripes"].significant and got["stripes"].score_mean > 0.9 and got["stripes"].p_value < 1e-3
+    assert got["stripes"].accuracies.mean() > 0.8
+    # the set-level test is more conservative but still ranks the planted concept first
+    assert got["stripes"].p_sets < min(got["reddish"].p_sets, got["arbitrary"].p_sets)
+    assert not got["reddish"].significant
+    assert not got["arbitrary"].significant
