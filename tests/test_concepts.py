@@ -314,3 +314,69 @@ def test_controlled_experiment_planted_concept_is_significant_others_are_not(tmp
     assert got["stripes"].p_sets < min(got["reddish"].p_sets, got["arbitrary"].p_sets)
     assert not got["reddish"].significant
     assert not got["arbitrary"].significant
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _cli(argv):
+    import argparse
+
+    from fvis.concepts import cli
+
+    p = argparse.ArgumentParser(prog="fvis tcav")
+    cli.add_arguments(p)
+    return cli.run(p.parse_args(argv))
+
+
+def test_cli_tcav_run_and_explain(tiny, tmp_path, monkeypatch, capsys):
+    import csv
+    import json
+
+    monkeypatch.setattr(fvis, "load", lambda name, weights=None, device="cpu": tiny)
+    cls = C.save_folder(backgrounds(6, 1), tmp_path / "class")
+    photos = C.save_folder(backgrounds(5, 4), tmp_path / "photos")
+    red = C.save_folder(C.colour("red", 8, S, 3), tmp_path / "red")
+    out = tmp_path / "out"
+    _cli(["--model", "tiny", "--layer", "2,0", "--target", "b", "--class-images", str(cls),
+          "--concept", f"red={red}", "--concept", "stripes=synthetic:stripes", "--synthetic-count", "8",
+          "--random", str(photos), "--runs", "3", "--min-images", "4", "--no-cache", "--out", str(out)])
+    report = json.loads((out / "tcav.json").read_text())
+    assert report["schema"] == "fvis.tcav/1" and len(report["results"]) == 4
+    rec = report["results"][0]
+    for key in ("concept", "layer", "target", "score_mean", "score_std", "p_value", "significant", "cav_accuracy"):
+        assert key in rec
+    assert [(r["concept"], r["layer"]) for r in report["results"]] == [("red", "2"), ("red", "0"), ("stripes", "2"),
+                                                                       ("stripes", "0")]
+    assert report["settings"]["random_pool"] == 24  # too few photos: 3 runs x 8 crops
+    rows = list(csv.DictReader((out / "tcav.csv").open()))
+    assert len(rows) == 4 and rows[0]["concept"] == "red"
+    assert (out / "tcav.png").stat().st_size > 5000
+    assert "random pool: 24 random crops" in capsys.readouterr().out
+    # explain new images with the saved CAVs
+    _cli(["--model", "tiny", "--explain", str(cls), "--cavs", str(out), "--out", str(tmp_path / "ex")])
+    printed = capsys.readouterr().out
+    assert "img_0000.png" in printed and "stripes" in printed
+    ex = json.loads((tmp_path / "ex" / "explain.json").read_text())
+    assert len(ex["records"]) == 6 * 6 and (tmp_path / "ex" / "explain.png").is_file()
+
+
+def test_cli_bad_inputs(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(fvis, "load", lambda name, weights=None, device="cpu": tiny)
+    cls = C.save_folder(backgrounds(4, 1), tmp_path / "class")
+    few = C.save_folder(C.colour("red", 3, S), tmp_path / "few")
+    base = ["--model", "tiny", "--layer", "2", "--target", "1", "--class-images", str(cls), "--random", str(cls),
+            "--runs", "3", "--no-cache", "--out", str(tmp_path / "o")]
+    with pytest.raises(fvis.FvisError, match="needs --concept"):
+        _cli(base)
+    with pytest.raises(fvis.FvisError, match="concept 'few' has 3 images"):
+        _cli(base + ["--concept", f"few={few}", "--random-crops", "40"])
+    with pytest.raises(fvis.FvisError, match="same folder"):
+        _cli(base + ["--concept", f"same={cls}"])
+    with pytest.raises(fvis.FvisError, match="unknown layer"):
+        _cli(base[:2] + ["--layer", "99"] + base[4:] + ["--concept", "s=synthetic:dots"])
+    with pytest.raises(fvis.FvisError, match="out of range"):
+        _cli(base[:4] + ["--target", "3"] + base[6:] + ["--concept", "s=synthetic:dots"])
+    with pytest.raises(fvis.FvisError, match="NAME=DIR"):
+        _cli(base + ["--concept", "stripes"])
+    with pytest.raises(fvis.FvisError, match="needs --cavs"):
+        _cli(["--model", "tiny", "--explain", str(cls)])
