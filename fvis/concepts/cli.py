@@ -237,7 +237,8 @@ def _explain(args, say) -> None:
 
 
 def plot_explain(sens, path: Path) -> Path:
-    """Per image, horizontal bars of the share of runs with a positive derivative per concept CAV."""
+    """A heatmap, concept CAVs x images: the share of CAV runs along which the target logit rises
+    (1: every run, green; 0: none, red), annotated with that share."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -247,19 +248,18 @@ def plot_explain(sens, path: Path) -> Path:
 
     keep = [j for j, e in enumerate(sens.entries) if not e["random"]]
     labels = [f"{sens.entries[j]['concept']} @ {sens.entries[j]['layer']}" for j in keep]
-    n = len(sens.images)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1.5, 0.45 * len(keep) + 1.4), dpi=120, squeeze=False,
-                             sharey=True)
-    for i, ax in enumerate(axes[0]):
-        d = sens.derivative[i, keep]
-        share = sens.positive_share[i, keep]
-        ax.barh(range(len(keep)), share.tolist(), color=["tab:green" if v > 0 else "tab:red" for v in d.tolist()])
-        ax.set_xlim(0, 1)
-        ax.axvline(0.5, color="grey", linewidth=0.5, linestyle=":")
-        ax.set_yticks(range(len(keep)), labels if i == 0 else [""] * len(keep))
-        ax.set_title(sens.images[i][:28], fontsize=8)
-        ax.set_xlabel("share of CAV runs with d logit > 0", fontsize=7)
-    fig.suptitle(f"concept sensitivity of {sens.target_name}", fontsize=9)
+    share = sens.positive_share[:, keep].T.numpy()  # (concepts, images)
+    n_img = len(sens.images)
+    fig, ax = plt.subplots(figsize=(2.2 + 0.9 * n_img + 0.06 * max(map(len, labels)), 1.3 + 0.42 * len(keep)),
+                           dpi=120)
+    im = ax.imshow(share, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    for r in range(share.shape[0]):
+        for c in range(share.shape[1]):
+            ax.text(c, r, f"{share[r, c]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_yticks(range(len(keep)), labels, fontsize=8)
+    ax.set_xticks(range(n_img), [s[:18] for s in sens.images], rotation=30, ha="right", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="share of CAV runs: d logit > 0")
+    ax.set_title(f"concept sensitivity of {sens.target_name}", fontsize=9)
     fig.tight_layout()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
