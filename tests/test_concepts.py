@@ -380,3 +380,15 @@ def test_cli_bad_inputs(tiny, tmp_path, monkeypatch):
         _cli(base + ["--concept", "stripes"])
     with pytest.raises(fvis.FvisError, match="needs --cavs"):
         _cli(["--model", "tiny", "--explain", str(cls)])
+
+
+def test_saved_cav_renders_as_a_direction_objective(tiny, tmp_path):
+    for pool in ("flatten", "mean"):
+        r = _run(tiny, tmp_path, pool=pool, cache=False)
+        path = r.save_cavs(tmp_path / f"cavs-{pool}.safetensors")
+        obj = C.cav_objective(path, "stripes")
+        image = fvis.PixelImage(S, batch=1, seed=0)
+        res = fvis.optimize(tiny, obj, image, [], steps=8, lr=0.05, seed=0)
+        assert res.history["objective"][-1, 0] > res.history["objective"][0, 0]
+    with pytest.raises(fvis.FvisError, match="no CAV for concept 'plaid'"):
+        C.cav_objective(path, "plaid")

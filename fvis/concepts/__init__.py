@@ -6,10 +6,10 @@
 >>> r.get("stripes").score_mean, r.get("stripes").p_value, r.get("stripes").significant
 """
 from .activations import compute_activations, compute_gradients
-from .cavfile import CAVSet, Sensitivity, load_cavs, save_cavs, sensitivity
+from .cavfile import CAVSet, Sensitivity, cav_objective, load_cavs, save_cavs, sensitivity
 from .synthetic import COLOURS, KINDS, colour, concept, random_crops, save_folder, texture
 from .tcav import CAV_METHODS, ConceptResult, Problem, TCAVResult, fit_cavs, scores, t_test, tcav
 
 __all__ = ["tcav", "TCAVResult", "ConceptResult", "fit_cavs", "Problem", "scores", "t_test", "CAV_METHODS",
-           "save_cavs", "load_cavs", "CAVSet", "sensitivity", "Sensitivity", "compute_activations",
+           "save_cavs", "load_cavs", "CAVSet", "cav_objective", "sensitivity", "Sensitivity", "compute_activations",
            "compute_gradients", "texture", "colour", "concept", "random_crops", "save_folder", "KINDS", "COLOURS"]

@@ -147,3 +147,34 @@ def sensitivity(model, images, cavs: CAVSet | str | Path, target: int | str | No
         share.append((S > 0).float().mean(1))
     tname = class_names[target] if class_names is not None else str(target)
     return Sensitivity(cs.entries, labels, target, tname, torch.stack(deriv, 1), torch.stack(share, 1))
+
+
+def cav_objective(cavs: CAVSet | str | Path, concept: str, layer: str | None = None, cossim_pow: float = 0.0):
+    """A saved CAV as a direction objective to render (``fvis.optimize``/``fvis.render``): what the
+    network's concept looks like. ``pool="mean"`` CAVs are channel directions
+    (:func:`objectives.direction`, any image size); ``pool="flatten"`` CAVs are whole activation maps,
+    scored as ``<activation map, CAV>`` (the image must have the model's input size)."""
+    from objectives import Objective, direction
+
+    cs = cavs if isinstance(cavs, CAVSet) else load_cavs(cavs)
+    i = cs.find(concept, layer)
+    layer = cs.entries[i]["layer"]
+    v = cs.mean_cav(i)
+    name = f"cav:{concept}@{layer}"
+    if cs.settings.get("pool") == "mean":
+        obj = direction(layer, v, cossim_pow)
+        obj.name = name
+        return obj
+    shape = tuple(cs.layer_shapes[layer])
+
+    def fn(acts):
+        a = acts[layer]
+        return a.flatten(1) @ v.to(a.device, a.dtype)
+
+    def check(acts):
+        got = tuple(acts[layer].shape[1:])
+        if got != shape:
+            raise FvisError(f"{name}: the CAV was fitted on {layer} maps of shape {shape}, this input gives {got}; "
+                            f"render at the model's input size or fit with pool='mean'")
+
+    return Objective(fn, [layer], name, check)
