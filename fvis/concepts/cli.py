@@ -103,6 +103,13 @@ def _random_pool(args, model, concepts: dict, say):
 
 
 def run(args) -> None:
+    from ..datasets import warnings_as_lines
+
+    with warnings_as_lines():  # skipped files, low CAV accuracy: one "fvis: warning: ..." line each
+        _run(args)
+
+
+def _run(args) -> None:
     import fvis
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
