@@ -152,11 +152,21 @@ def test_keep_best_returns_the_best_iterate(lite0, coffee):
 
 
 def test_eot_copies_are_averaged_per_item(lite0, coffee):
+    """Each item's objective is the mean of its own copies' values (not their sum, not one copy)."""
+    raw = []
+
+    def logit(acts):
+        raw.append(acts["output"][:, GOLDFINCH].detach().clone())
+        return acts["output"][:, GOLDFINCH]
+
     param = Perturbation(coffee[None, :, :64, :64], 4 / 255, batch=2)
-    result = fvis.optimize(lite0, obj.targeted(GOLDFINCH), param, [reg.TransformRobustness(copies=3)],
-                           steps=2, lr=1 / 255, optimizer=lambda ps: SteepestDescent(ps, lr=1 / 255),
-                           progress=False)
-    assert result.history["objective"].shape == (2, 2) and result.values.shape == (2,)
+    result = fvis.optimize(lite0, obj.Objective(logit, ["output"], "goldfinch"), param,
+                           [reg.TransformRobustness(copies=3)], steps=1, lr=1 / 255, progress=False,
+                           optimizer=lambda ps: SteepestDescent(ps, lr=1 / 255))
+    step = next(r for r in raw if r.shape == (6,))  # the step's forward: 2 items x 3 copies, item-major
+    assert step.view(2, 3).std(1).min() > 0  # the copies differ, so mean, sum and one copy all differ
+    torch.testing.assert_close(result.history["objective"][0], step.view(2, 3).mean(1))
+    assert result.history["objective"].shape == (1, 2) and result.values.shape == (2,)
 
 
 @pytest.mark.parametrize("method,norm,eps", [("mifgsm", "linf", 4 / 255), ("adam", "l2", 1.0)])

@@ -32,17 +32,29 @@ def test_render_writes_images_json_and_contact_sheet(tmp_path, capsys):
     assert "3 image(s)" in stdout
 
 
-def test_no_channels_last_changes_only_the_layout(tmp_path, capsys):
+def test_no_channels_last_changes_only_the_layout(tmp_path, capsys, monkeypatch):
     import numpy as np
 
+    from fvis.hooks import Capture
+
+    decided, plan = [], Capture.plan
+
+    def recording_plan(self, *args, **kwargs):
+        acts = plan(self, *args, **kwargs)
+        decided.append(self.channels_last)  # the layout forward() really uses from here on
+        return acts
+
+    monkeypatch.setattr(Capture, "plan", recording_plan)
     images = {}
     for flag in ([], ["--no-channels-last"]):
+        decided.clear()
         out = tmp_path / ("nchw" if flag else "auto")
         code, _, err = run(capsys, "render", "--model", "efficientnet-lite0", "-o", "logit:goldfinch", "--size", "64",
                            "--steps", "3", "--seed", "1", "--quiet", *flag, "--out", str(out))
         assert code == 0, err
         meta = json.loads((out / "logit_goldfinch.json").read_text())
         assert meta["settings"]["channels_last"] == ("no" if flag else "auto")
+        assert decided == [not flag]  # auto on the CPU: channels-last; the flag: plain NCHW
         images[bool(flag)] = np.asarray(Image.open(out / "logit_goldfinch.png"), dtype=int)
     assert np.abs(images[True] - images[False]).max() <= 2  # same run up to float rounding
 
