@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from .engine import SearchOptimizer  # noqa: F401  (the search-optimizer protocol lives with the loop that steps it)
+
 
 def _per_item(t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (t.dim() - 1)))
@@ -49,3 +51,4 @@ class SteepestDescent(torch.optim.Optimizer):
                     direction = g / _per_item(g, g.flatten(1).norm(dim=1).clamp_min(1e-12))
                 p.sub_(group["lr"] * direction)
         return loss
+

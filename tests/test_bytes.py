@@ -8,7 +8,6 @@ then ``PROTOTYPE`` is re-recorded in a commit of its own that says why.
 """
 import hashlib
 
-import pytest
 import torch
 from PIL import Image
 
