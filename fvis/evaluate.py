@@ -28,8 +28,9 @@ from .hooks import Capture, frozen, named_layers, output_shapes
 from .io import _atomic_write, list_images, load_image, write_json
 from .metrics import heldout_predictions
 from .models import ImageModel
+from .naturalness import naturalness, photo_ranges
 
-COLUMNS = ("image", "class", "name", "clean_p", "robustness", "transfer", "hfer")
+COLUMNS = ("image", "class", "name", "clean_p", "robustness", "transfer", "transfer_heldout", "hfer")
 PATH_COLUMNS = ("path_similarity", "path_similarity_raw")
 _CLASS_FILE = re.compile(r"^(\d+)_")
 _OWN_SUMMARIES = {"contact_sheet.png", "entanglement.png"}  # fvis writes these next to prototypes
@@ -44,17 +45,22 @@ def _at_size(model: ImageModel, images: torch.Tensor) -> torch.Tensor:
 def evaluate_images(model: ImageModel, images: torch.Tensor, classes: Sequence[int],
                     evaluators: Sequence[ImageModel] = (), transforms: int = 32, seed: int = 0) -> list[dict]:
     """Per image ``(B, C, H, W)`` in [0, 1]: ``clean_p``, ``robustness`` (``None`` if
-    ``transforms == 0``), ``transfer`` (``None`` without evaluators), ``hfer``, and each
-    evaluator's top-1 hit under ``top1[<name>]``. Images are resized to each model's input size."""
+    ``transforms == 0``), ``transfer`` (``None`` without evaluators), ``transfer_heldout`` (the
+    evaluators' top-1 accuracy under the same held-out transforms; ``None`` without evaluators or
+    transforms), ``hfer``, and each evaluator's top-1 hit under ``top1[<name>]``. Images are
+    resized to each model's input size."""
     device = next(model.parameters()).device
     c = torch.as_tensor(list(classes), dtype=torch.long)
     x = _at_size(model, images.to(device))
     clean_p = model(x).softmax(1)[torch.arange(len(c)), c.to(device)].cpu()
     robust = (heldout_predictions(model, x, transforms, seed) == c[:, None]).float().mean(1) if transforms else None
-    hits = {}
+    hits, held = {}, []
     for ev in evaluators:
         dev = next(ev.parameters()).device
-        hits[ev.name] = (ev(_at_size(ev, images.to(dev))).argmax(1).cpu() == c)
+        x_ev = _at_size(ev, images.to(dev))
+        hits[ev.name] = (ev(x_ev).argmax(1).cpu() == c)
+        if transforms:
+            held.append((heldout_predictions(ev, x_ev, transforms, seed) == c[:, None]).float().mean(1))
     hfer = high_frequency_energy(images.float().cpu())
     rows = []
     for i in range(len(c)):
@@ -62,6 +68,7 @@ def evaluate_images(model: ImageModel, images: torch.Tensor, classes: Sequence[i
             "clean_p": float(clean_p[i]),
             "robustness": None if robust is None else float(robust[i]),
             "transfer": (sum(float(h[i]) for h in hits.values()) / len(hits)) if hits else None,
+            "transfer_heldout": (sum(float(h[i]) for h in held) / len(held)) if held else None,
             "hfer": float(hfer[i]),
             "top1": {name: bool(h[i]) for name, h in hits.items()},
         })
@@ -118,13 +125,15 @@ def evaluate_folder(folder: str | Path, model: ImageModel, evaluators: Sequence[
         chunk, chunk_classes = files[i:i + batch_size], classes[i:i + batch_size]
         images = load_batch(chunk, model)
         scores = evaluate_images(model, images, chunk_classes, evaluators, transforms, seed)
+        for score, nat in zip(scores, naturalness(images)):
+            score.update(nat)
         if ref is not None:
             for s, path in zip(scores, ref.score(pooled_activations(model, images, ref.layers), chunk_classes)):
                 s.update(path)
         for path, c, s in zip(chunk, chunk_classes, scores):
             name = model.class_names[c] if model.class_names else str(c)
             rows.append({"image": path.name, "class": c, "name": name, **s})
-    metrics = COLUMNS[3:] + (PATH_COLUMNS if ref else ())
+    metrics = COLUMNS[3:] + natural_columns() + (PATH_COLUMNS if ref else ())
     mean = {k: _mean([r[k] for r in rows]) for k in metrics}
     report = {"model": model.name, "evaluators": [e.name for e in evaluators], "transforms": transforms,
               "seed": seed, "mean": mean, "rows": rows}
@@ -247,8 +256,13 @@ def _fmt(v) -> str:
     return "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def natural_columns() -> tuple[str, ...]:
+    """The naturalness statistics with shipped photo ranges (HFER is a column already)."""
+    return (*(k for k in photo_ranges() if k not in COLUMNS), "natural_in_range")
+
+
 def _columns(report: dict) -> tuple[str, ...]:
-    return COLUMNS + (PATH_COLUMNS if "reference" in report else ())
+    return COLUMNS + natural_columns() + (PATH_COLUMNS if "reference" in report else ())
 
 
 def _csv(rows: list[dict], columns: Sequence[str] = COLUMNS) -> str:
@@ -267,8 +281,10 @@ def markdown(report: dict) -> str:
     ref = report.get("reference")
     path = (f" Path similarity against {ref['images']} natural images in {ref['folder']} "
             f"({len(ref['layers'])} layers).") if ref else ""
+    ranges = "; ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in photo_ranges().items())
     lines = [f"Model {report['model']}; evaluators {', '.join(report['evaluators']) or 'none'}; "
-             f"{report['transforms']} held-out transforms (seed {report['seed']}).{path}", "",
+             f"{report['transforms']} held-out transforms (seed {report['seed']}).{path} Naturalness: "
+             f"natural_in_range counts the statistics inside the offline photos' ranges ({ranges}).", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in report["rows"]:
         lines.append("| " + " | ".join(_fmt(r[k]).replace("|", "\\|") for k in columns) + " |")

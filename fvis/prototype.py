@@ -1,10 +1,11 @@
-"""Class prototypes: inputs a model classifies as a class *and* whose internal activations look
-like those of natural images, so that other models recognize them too (Leap Labs' prototype
-generation). All classes x ``per_class`` render in one batched :func:`fvis.optimize` run:
+"""Class prototypes: what a model thinks a class looks like. All classes x ``per_class`` render
+in one batched :func:`fvis.optimize` run (two with coarse-to-fine), set up by a named recipe
+(:mod:`fvis.recipes`):
 
-    objective   = class logit of item i's class  (+ diversity within a class when per_class > 1)
-    regularizers = transformation robustness, frequency penalty, activation matching (BN or images)
-    start       = the "equidistant" input (all classes equally likely) or a random one
+    objective    = class logit of item i's class  (+ diversity within a class when per_class > 1)
+    regularizers = transformation robustness (+ flips), TV / L2 / frequency priors,
+                   natural-activation matching (moments or sorted; BatchNorm, images or the seed photo)
+    start        = random, the "equidistant" input (all classes equally likely) or a photo
 """
 from __future__ import annotations
 
@@ -15,20 +16,25 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torchvision.transforms.v2 import functional as F
 
 import objectives as obj
 import regularizers as reg
 
 from .classes import resolve_class
+from .datasets import ImageFolder
 from .engine import optimize
 from .errors import FvisError
+from .evaluate import evaluate_images, path_layers
 from .hooks import Capture, frozen
-from .io import contact_sheet, save_image, versions, write_json
+from .io import contact_sheet, load_image, save_image, versions, write_json
 from .models import ImageModel
-from .param import FourierImage, MacoImage, PixelImage, natural_magnitude
+from .naturalness import naturalness
+from .optim import cosine
+from .param import FourierImage, MacoImage, PixelImage, Upsampled, _size, natural_magnitude
+from .recipes import DEFAULT, PARAMS, Recipe, get_recipe
+from .reference import activation_quantiles, folder_quantiles, reference_stats
 from .render import slug
-
-PARAMS = ("fourier", "maco", "pixel")
 
 
 @dataclass
@@ -58,30 +64,52 @@ def prototype_stem(cls: int, name: str, k: int = 0, per_class: int = 1) -> str:
     return f"{cls}_{slug(name)}" + (f"_{k}" if per_class > 1 else "")
 
 
-def matching_regularizer(model: ImageModel, match: str, classes: Sequence[int] = (), layers="per-block",
-                         cache=None, progress: bool = False, class_weight: float = 1.0):
-    """``"bn"`` (BatchNorm running statistics), ``"images:DIR"`` (statistics of reference
-    images at the same layers, cached; a class-mean term for classes that have images in DIR
-    named ``<class>_*``) or ``"none"``: an :class:`regularizers.ActivationMatching` or ``None``.
-    ``layers``: layer names, or ``"per-block"`` (one BN per block, default) / ``"all"`` BN layers
-    (reference images on a model without BatchNorm: 8 evenly spaced 4-D layers)."""
-    if match == "none":
-        return None
-    if match == "bn":
-        return reg.ActivationMatching(reg.batchnorm_stats(model, layers))
-    if match.startswith("images:"):
-        from .evaluate import path_layers
-        from .reference import reference_stats
+def match_layer_names(model: ImageModel, r: Recipe) -> list[str]:
+    """The layers ``r`` matches: its names, or ``per-block`` / ``all`` BatchNorm layers (8 evenly
+    spaced 4-D layers on a model without BatchNorm, for image and seed sources)."""
+    if not isinstance(r.match_layers, str):
+        return list(r.match_layers)
+    names = reg.batchnorm_layers(model, r.match_layers)
+    if not names and r.match != "bn":
+        names = path_layers(model)
+    return names
 
-        names = list(layers) if not isinstance(layers, str) else reg.batchnorm_layers(model, layers) or path_layers(model)
-        ref = reference_stats(model, match.split(":", 1)[1], names, cache=cache, progress=progress)
+
+def natural_regularizer(model: ImageModel, r: Recipe, classes: Sequence[int] = (), seed_image=None,
+                        cache=None, progress: bool = False):
+    """The recipe's activation-matching regularizer (weight 1; see :func:`balance`), or ``None``.
+    Moments: :class:`regularizers.ActivationMatching`; sorted: :class:`regularizers.SortedMatching`.
+    Sources: ``bn`` (BatchNorm running statistics; sorted matching uses their normal quantiles),
+    ``images:DIR`` (reference statistics, cached; a class-mean term for classes with images named
+    ``<class>_*``), ``seed`` (the start image and its mirror image)."""
+    if r.match == "none":
+        return None
+    layers = match_layer_names(model, r)
+    weights = {layers[0]: r.first_layer} if r.first_layer != 1.0 else None
+    if r.match == "bn":
+        stats = reg.batchnorm_stats(model, layers)
+        if r.match_stat == "sorted":
+            scale = {l: s["std"] for l, s in stats.items()}
+            return reg.SortedMatching(reg.gaussian_quantiles(stats, over=r.match_over), layer_weights=weights,
+                                      over=r.match_over, scale=scale)
+        return reg.ActivationMatching(stats, layer_weights=weights, over=r.match_over)
+    if r.match == "seed":
+        quantiles = activation_quantiles(model, torch.stack([seed_image, seed_image.flip(-1)]), layers)
+    elif r.match_stat == "sorted":
+        quantiles = folder_quantiles(model, r.match.split(":", 1)[1], layers)
+    else:
+        ref = reference_stats(model, r.match.split(":", 1)[1], layers, cache=cache, progress=progress)
         rows = {int(c): i for i, c in enumerate(ref["classes"].tolist())}
         class_rows = [rows.get(int(c), -1) for c in classes]
-        last = names[-1]  # class means at the deepest matched layer
-        use_class = any(r >= 0 for r in class_rows) and last in ref["class_means"]
-        return reg.ActivationMatching(ref["stats"], class_means={last: ref["class_means"][last]} if use_class else None,
-                                      classes=class_rows if use_class else None, class_weight=class_weight)
-    raise FvisError(f"unknown --match {match!r}: use bn, images:DIR or none")
+        last = layers[-1]  # class means at the deepest matched layer
+        use_class = any(row >= 0 for row in class_rows) and last in ref["class_means"]
+        return reg.ActivationMatching(ref["stats"], layer_weights=weights, over=r.match_over,
+                                      class_means={last: ref["class_means"][last]} if use_class else None,
+                                      classes=class_rows if use_class else None, class_weight=r.class_weight)
+    if r.match_stat == "sorted":
+        return reg.SortedMatching(quantiles, layer_weights=weights, over=r.match_over)
+    stats = {l: {"mean": q.mean(1), "std": q.std(1)} for l, q in quantiles.items()}
+    return reg.ActivationMatching(stats, layer_weights=weights, over=r.match_over)
 
 
 def balance(model: torch.nn.Module, objective, param: torch.nn.Module, penalty: reg.Regularizer,
@@ -89,11 +117,12 @@ def balance(model: torch.nn.Module, objective, param: torch.nn.Module, penalty: 
     """Set ``penalty.weight`` so that, at the starting input, the penalty's gradient norm is
     ``ratio`` times the objective's (faccent's auto-balancing; no per-model magic numbers).
     Returns the weight."""
+    penalty.weight = 1.0
     with frozen(model), Capture(model, set(objective.layers) | set(penalty.layers), truncate=False) as cap:
         x = param()
         acts = cap.forward(x)
         grads = []
-        for term in (objective(acts).sum(), penalty.penalty(x, acts).sum() / penalty.weight):
+        for term in (objective(acts).sum(), penalty.penalty(x, acts).sum()):
             g = torch.autograd.grad(term, [p for p in param.parameters() if p.requires_grad], retain_graph=True)
             grads.append(torch.sqrt(sum(gi.pow(2).sum() for gi in g)))
     g_obj, g_pen = (float(g) for g in grads)
@@ -102,13 +131,16 @@ def balance(model: torch.nn.Module, objective, param: torch.nn.Module, penalty: 
 
 
 def make_param(kind: str, size, batch: int, channels: int, seed: int, decay_power: float = 1.0,
-               magnitude: torch.Tensor | None = None):
+               magnitude: torch.Tensor | None = None, init: torch.Tensor | None = None):
+    """A parameterization by name (``fourier`` | ``maco`` | ``pixel``), random or from ``init``."""
     if kind == "fourier":
-        return FourierImage(size, batch=batch, channels=channels, decay_power=decay_power, seed=seed)
-    if kind == "maco":
-        return MacoImage(size, batch=batch, magnitude=magnitude, seed=seed)
+        return FourierImage(size, batch=batch, channels=channels, decay_power=decay_power, seed=seed, init=init)
     if kind == "pixel":
-        return PixelImage(size, batch=batch, channels=channels, seed=seed)
+        return PixelImage(size, batch=batch, channels=channels, seed=seed, init=init)
+    if kind == "maco" and init is None:
+        return MacoImage(size, batch=batch, magnitude=magnitude, seed=seed)
+    if kind == "maco":
+        raise FvisError("the maco parameterization cannot start from an image (only its phase is free)")
     raise FvisError(f"unknown parameterization {kind!r}: choose from {', '.join(PARAMS)}")
 
 
@@ -131,27 +163,29 @@ def spread(base: torch.nn.Module, param: torch.nn.Module, seed: int = 0, noise: 
             p.copy_(b.expand_as(p) + noise * b.std() * torch.randn(p.shape, generator=g).to(p))
 
 
-def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, per_class: int = 1, steps: int = 512,
-                    match: str = "bn", param: str = "fourier", init: str = "equidistant", size=None, lr: float = 0.05,
-                    seed: int = 0, transforms: bool = True, tv: float = 0.0, high_freq: float = 10.0,
-                    match_ratio: float = 1.0, match_weight: float | None = None, match_layers="per-block",
-                    class_weight: float = 1.0,
-                    diversity: float = 0.0, decay_power: float = 1.0, log_prob: bool = False,
-                    reference: str | Path | None = None, cache=None, evaluators: Sequence[ImageModel] = (),
-                    heldout: int = 32, progress: bool = True) -> list[Prototype]:
+def _stages(r: Recipe, size: tuple[int, int]) -> list[tuple[int, tuple[int, int]]]:
+    """``[(steps, image size)]``: coarse-to-fine spends ``r.coarse`` of the steps at half size."""
+    coarse = round(r.steps * r.coarse)
+    if not coarse or coarse == r.steps:
+        return [(r.steps, size)]
+    return [(coarse, (max(8, size[0] // 2), max(8, size[1] // 2))), (r.steps - coarse, size)]
+
+
+def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: str | Recipe = DEFAULT,
+                    per_class: int = 1, size=None, seed: int = 0, reference: str | Path | None = None,
+                    cache=None, evaluators: Sequence[ImageModel] = (), heldout: int = 32, progress: bool = True,
+                    **settings) -> list[Prototype]:
     """Prototypes for ``classes`` (indices or class names), ``per_class`` each, in one batch.
 
-    ``match``: ``"bn"`` | ``"images:DIR"`` | ``"none"`` (activation-distribution matching source);
-    its weight is ``match_weight`` or, by default, balanced so its starting gradient norm is
-    ``match_ratio`` x the objective's; ``match_layers``: ``"per-block"`` | ``"all"`` | names of BN
-    layers. ``param``: ``fourier`` | ``maco`` | ``pixel``; ``maco`` uses
-    the amplitude spectrum of ``reference`` images (a folder) or the shipped one. ``init``:
-    ``equidistant`` | ``random``. ``tv`` / ``high_freq``: frequency penalty weights (total
-    variation; share of spectral energy above 0.25 cycles/px). ``diversity``: weight of a
-    within-class diversity term at the deepest matched layer (``per_class > 1``). Each result is
-    scored with :func:`fvis.evaluate.evaluate_images` (``heldout`` transforms; ``evaluators``)."""
-    from .evaluate import evaluate_images
-
+    ``recipe``: a name from :data:`fvis.recipes.RECIPES` or a :class:`fvis.recipes.Recipe`;
+    ``settings`` override any of its fields (``steps=256``, ``match="bn"``, ...; unknown names are
+    an error). ``reference``: images for the MACO amplitude spectrum. Each result is scored with
+    :func:`fvis.evaluate.evaluate_images` (``heldout`` transforms; ``evaluators``)."""
+    r = get_recipe(recipe).replace(**settings)
+    if r.init == "image:":
+        raise FvisError(f"recipe {r.name!r} starts from a photo: give init='image:PATH' (--init image:PATH)")
+    if per_class < 1:
+        raise FvisError(f"per_class must be >= 1, got {per_class}")
     start = time.perf_counter()
     names = model.class_names
     idx = [resolve_class(c, names) if names else int(c) for c in classes]
@@ -160,61 +194,70 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, per_clas
         warnings.warn(f"fvis: class(es) {', '.join(map(str, repeated))} given more than once; made once "
                       f"(use --per-class for several prototypes of a class)")
         idx = list(dict.fromkeys(idx))
-    if per_class < 1:
-        raise FvisError(f"per_class must be >= 1, got {per_class}")
-    if init not in ("equidistant", "random"):
-        raise FvisError(f"unknown init {init!r}: use equidistant or random")
     items = [(c, k) for c in idx for k in range(per_class)]
     item_classes = [c for c, _ in items]
-    size = size or model.input_size
+    size = _size(size or model.input_size)
     device = next(model.parameters()).device
     magnitude = None
-    if param == "maco" and reference is not None:
-        from .datasets import ImageFolder
+    if r.param == "maco" and reference is not None:
         magnitude = natural_magnitude(torch.cat([x for _, x in ImageFolder(reference, size)]), size)
-    image = make_param(param, size, len(items), model.channels, seed, decay_power, magnitude).to(device)
-    baseline_p = None
-    if init == "equidistant":
-        base = make_param(param, size, 1, model.channels, seed, decay_power, magnitude).to(device)
-        baseline_p = equidistant_start(model, base, steps=max(8, steps // 8), lr=lr, seed=seed)
-        spread(base, image, seed)
+    seed_image = load_image(r.init.split(":", 1)[1], size, model.channels) if r.init.startswith("image:") else None
 
-    objective = obj.class_logits(item_classes, log_prob=log_prob)
-    regs = [reg.TransformRobustness()] if transforms else []
-    if tv or high_freq:
-        regs.append(reg.FrequencyPenalty(tv=tv, high_freq=high_freq))
-    matching = matching_regularizer(model, match, item_classes, match_layers, cache, progress, class_weight)
+    objective = obj.class_logits(item_classes, log_prob=r.log_prob)
+    regs = [reg.TransformRobustness(flip=r.flip)] if r.transforms else []
+    if r.tv or r.high_freq:
+        regs.append(reg.FrequencyPenalty(tv=r.tv, high_freq=r.high_freq))
+    if r.l2:
+        regs.append(reg.L2(r.l2))
+    matching = natural_regularizer(model, r, item_classes, seed_image, cache, progress)
     if matching is not None:
         matching = matching.to(device)
-        if match_weight is None:
-            balance(model, objective, image, matching, match_ratio)
-        else:
-            matching.weight = float(match_weight)
         regs.append(matching)
+    diversity = r.diversity if r.diversity is not None else (50.0 if per_class > 1 else 0.0)
     if diversity and per_class > 1:
-        from .evaluate import path_layers
         layer = matching.layers[-1] if matching is not None else path_layers(model)[-1]
         objective = objective + diversity * obj.diversity(layer, groups=item_classes)
 
-    result = optimize(model, objective, image, regs, steps=steps, lr=lr, seed=seed, progress=progress)
+    baseline_p, image, history, stopped = None, seed_image, {}, None
+    for k, (steps, stage_size) in enumerate(_stages(r, size)):
+        param = make_param(r.param, stage_size, len(items), model.channels, seed, r.decay_power, magnitude,
+                           None if image is None else F.resize(image, list(stage_size), antialias=True).clamp(0, 1))
+        if stage_size != size:
+            param = Upsampled(param, size)
+        param = param.to(device)
+        if k == 0 and r.init == "equidistant":
+            base = make_param(r.param, stage_size, 1, model.channels, seed, r.decay_power, magnitude)
+            base = (Upsampled(base, size) if stage_size != size else base).to(device)
+            baseline_p = equidistant_start(model, base, steps=max(8, r.steps // 8), lr=r.lr, seed=seed)
+            spread(base, param, seed)
+        if k == 0 and matching is not None:
+            if r.match_weight is None:
+                balance(model, objective, param, matching, r.match_ratio)
+            else:
+                matching.weight = float(r.match_weight)
+        optimizer = cosine(steps, r.lr) if r.lr_schedule == "cosine" else "adam"
+        result = optimize(model, objective, param, regs, steps=steps, lr=r.lr, optimizer=optimizer,
+                          seed=seed + k, progress=progress)
+        image, stopped = result.input, stopped or result.stopped
+        for n, h in result.history.items():
+            if h.dim() == 2:
+                history.setdefault(n, []).append(h)
     seconds = time.perf_counter() - start  # generation only (set-up, balancing, start, steps)
-    scores = evaluate_images(model, result.input, item_classes, evaluators, heldout, seed)
-    settings = {"model": model.name, "steps": steps, "match": match, "param": param, "init": init,
-                "size": list(size) if not isinstance(size, int) else [size, size], "lr": lr, "seed": seed,
-                "transforms": transforms, "tv": tv, "high_freq": high_freq, "match_ratio": match_ratio,
-                "match_weight": None if matching is None else round(matching.weight, 6), "class_weight": class_weight,
-                "match_layers": None if matching is None else list(matching.layers),
-                "diversity": diversity, "decay_power": decay_power, "log_prob": log_prob,
-                "reference": None if reference is None else str(reference), "batch": len(items),
-                "equidistant_max_p": baseline_p, "evaluators": [e.name for e in evaluators],
-                "stopped": result.stopped}
+    scores = evaluate_images(model, image, item_classes, evaluators, heldout, seed)
+    naturalness_rows = naturalness(image)
+    run_settings = {"recipe": r.name, **r.settings(), "model": model.name, "size": list(size), "seed": seed,
+                    "diversity": diversity, "match_weight": None if matching is None else round(matching.weight, 6),
+                    "match_layers": None if matching is None else list(matching.layers),
+                    "reference": None if reference is None else str(reference), "batch": len(items),
+                    "equidistant_max_p": baseline_p, "evaluators": [e.name for e in evaluators], "stopped": stopped}
+    history = {n: torch.cat(h) for n, h in history.items()}
     out = []
     for i, (c, k) in enumerate(items):
         out.append(Prototype(
-            cls=c, name=names[c] if names else str(c), k=k, per_class=per_class, image=result.input[i],
-            objective=float(result.values[i]), seconds=seconds / len(items), settings=settings,
-            metrics={m: v for m, v in scores[i].items()},
-            history={n: [round(float(v), 5) for v in h[:, i]] for n, h in result.history.items() if h.dim() == 2}))
+            cls=c, name=names[c] if names else str(c), k=k, per_class=per_class, image=image[i],
+            objective=float(result.values[i]), seconds=seconds / len(items), settings=run_settings,
+            metrics={**scores[i], "naturalness": naturalness_rows[i]},
+            history={n: [round(float(v), 5) for v in h[:, i]] for n, h in history.items()}))
     return out
 
 

@@ -106,3 +106,32 @@ def _unpack(t: dict, layers: Sequence[str]) -> dict:
     stats = {l: {k: t[f"{l}/{k}"] for k in ("mean", "std", "target_std")} for l in layers}
     class_means = {l: t[f"{l}/class_means"] for l in layers if f"{l}/class_means" in t}
     return {"stats": stats, "class_means": class_means, "classes": t["classes"], "images": int(t["images"])}
+
+
+@torch.no_grad()
+def activation_quantiles(model, images: torch.Tensor, layers: Sequence[str], levels: int = 256,
+                         max_positions: int = 1024, batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """``{layer: (C, levels)}``: per-channel quantiles of ``layers``' activations over every
+    (subsampled) position of every image in ``images`` ``(N, C, H, W)`` in [0, 1], at the
+    mid-point levels of :func:`regularizers.distribution.quantile_levels` (for sorted matching)."""
+    from regularizers.distribution import interpolate_quantiles, sorted_values
+
+    device = next(model.parameters()).device
+    parts: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
+    with frozen(model), Capture(model, layers) as cap:
+        for i in range(0, len(images), batch_size):
+            acts = cap.forward(images[i:i + batch_size].to(device))
+            for l in layers:  # (1, C, n) per batch: every item and position of the chunk
+                parts[l].append(sorted_values(acts[l].float(), max_positions, "batch", acts.batch)[0].cpu())
+    return {l: interpolate_quantiles(torch.cat(p, 1).sort(1).values, levels) for l, p in parts.items()}
+
+
+def folder_quantiles(model, folder: str | Path, layers: Sequence[str], *, size=None, levels: int = 256,
+                     batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """:func:`activation_quantiles` of the readable images in ``folder`` (resized, centre-cropped)."""
+    size = tuple(size or model.input_size)
+    data = ImageFolder(folder, size, batch_size, channels=getattr(model, "channels", 3))
+    images = torch.cat([x for _, x in data]) if len(data) else None
+    if images is None or not len(images):
+        raise FvisError(f"no readable images in {folder}")
+    return activation_quantiles(model, images, layers, levels, batch_size=batch_size)

@@ -9,6 +9,7 @@ the same images as one uninterrupted process (bit for bit on CPU).
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import re
@@ -25,11 +26,11 @@ from .classes import resolve_class
 from .errors import FvisError
 from .hooks import capturing
 from .files import atomic_write, check_writable, list_images, write_json
-from .models import load
+from .models import load, top_classes
+from .naming import slug
 from .progress import progress_bar
 from .prototype import make_prototypes, prototype_stem, save_prototype
-from .models import top_classes
-from .naming import slug
+from .recipes import DEFAULT, Recipe, get_recipe
 from .render import render, save_render
 
 DEFAULTS = {"out": None, "steps": 256, "size": None, "seed": 0, "device": "cpu", "batch": 8}
@@ -145,18 +146,20 @@ def _job(j: int, table: dict, base: dict, models: dict, device: str) -> Job:
 
 def _prototype_job(j: int, table: dict, folder: str, settings: dict, model, options: dict, models: dict,
                    device: str) -> Job:
-    per_class, match = table.get("per_class", 1), table.get("match", "bn")
+    per_class, match = table.get("per_class", 1), table.get("match")
     if not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1:
         raise FvisError(f"per_class must be a positive integer, got {per_class!r}")
-    if not isinstance(match, str) or not (match in ("bn", "none") or match.startswith("images:")):
-        raise FvisError(f"match must be \"bn\", \"none\" or \"images:DIR\", got {match!r}")
-    if match.startswith("images:"):
+    if isinstance(match, str) and match.startswith("images:"):
         list_images(match.split(":", 1)[1])
     params = inspect.signature(make_prototypes).parameters
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = [k for k in options if (k not in params or k == "progress") and k not in fields]
+    if unknown:
+        raise FvisError(f"unknown key {unknown[0]!r}: not an option of make_prototypes or a recipe setting")
+    recipe = get_recipe(options.pop("recipe", DEFAULT)).replace(
+        match=match, **{k: options.pop(k) for k in list(options) if k in fields})  # checks every setting
     for key, value in options.items():  # passed through: known names, and the default's type
-        default = params[key].default if key in params and key != "progress" else inspect.Parameter.empty
-        if default is inspect.Parameter.empty:
-            raise FvisError(f"unknown key {key!r}: not an option of make_prototypes")
+        default = params[key].default
         if key == "evaluators":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise FvisError(f"evaluators must be a list of model names, got {value!r}")
@@ -171,8 +174,8 @@ def _prototype_job(j: int, table: dict, folder: str, settings: dict, model, opti
     items = _unique([(prototype_stem(c, names[c] if names else str(c), k, per_class), (c, k))
                      for c in classes for k in range(per_class)])
     step = max(1, settings["batch"] // per_class) * per_class  # whole classes per chunk
-    return Job(j, "prototype", table["model"], slug(folder), {**settings, "per_class": per_class, "match": match},
-               items, _chunks(len(items), step), options)
+    return Job(j, "prototype", table["model"], slug(folder), {**settings, "per_class": per_class, "match": recipe.match},
+               items, _chunks(len(items), step), {**options, "recipe": recipe})
 
 
 def _chunks(n: int, step: int) -> list[list[int]]:
@@ -324,8 +327,8 @@ def _make_chunk(job: Job, chunk: list[int], model, folder: Path, settings: dict,
     s = job.settings
     if job.kind == "prototype":
         classes = list(dict.fromkeys(job.items[i][1][0] for i in chunk))
-        protos = make_prototypes(model, classes, per_class=s["per_class"], steps=s["steps"], match=s["match"],
-                                 size=s["size"], seed=s["seed"], progress=progress, **job.options)
+        protos = make_prototypes(model, classes, per_class=s["per_class"], steps=s["steps"], size=s["size"],
+                                 seed=s["seed"], progress=progress, **job.options)
         for p in protos:
             if not (folder / f"{p.stem}.json").exists():
                 save_prototype(replace(p, settings={**p.settings, "sweep": settings}), folder)

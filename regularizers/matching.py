@@ -42,6 +42,10 @@ class ActivationMatching(Regularizer):
     With ``class_means`` (``{layer: (K, C)}``) and ``classes`` (``(B,)`` class index per item, -1
     for none), also ``+ class_weight * (1 - cos(pooled activation, class mean))``.
 
+    With ``over="batch"`` (DeepInversion) the statistics are those of the whole batch (every item
+    and position pooled) against ``m`` and ``s`` (``t`` is not used: a mixed batch should spread
+    like the population); the batch's penalty is shared equally by its items.
+
     Args:
         stats: ``{layer: {"mean": (C,), "std": (C,), "target_std": (C,) optional}}``.
         weight: overall weight (see :func:`fvis.prototype.balance` to set it automatically).
@@ -54,10 +58,13 @@ class ActivationMatching(Regularizer):
     def __init__(self, stats: Mapping[str, Mapping[str, torch.Tensor]], weight: float = 1.0,
                  layer_weights: Mapping[str, float] | None = None, class_means: Mapping[str, torch.Tensor] | None = None,
                  classes=None, class_weight: float = 1.0, std_floor: float = 0.1, max_positions: int = 1024,
-                 name: str = "matching"):
+                 over: str = "item", name: str = "matching"):
         super().__init__(weight, name)
         if not stats:
             raise FvisError("activation matching needs statistics for at least one layer")
+        if over not in ("item", "batch"):
+            raise FvisError(f"over must be 'item' or 'batch', got {over!r}")
+        self.over = over
         self.layers = tuple(stats)
         lw = dict(layer_weights or {})
         unknown = set(lw) - set(stats)
@@ -92,9 +99,13 @@ class ActivationMatching(Regularizer):
         out = {}
         for i, layer in enumerate(self.layers):
             mean, std, target = self._stat(i).to(acts[layer])
-            mu, sigma = _channel_stats(_subsample(acts[layer], self.max_positions))
+            act = _subsample(acts[layer], self.max_positions)
+            if self.over == "batch":  # (N, C, ...) -> (1, C, N * positions): one population
+                act = act.transpose(0, 1).reshape(1, act.shape[1], -1)
+                target = torch.ones_like(target)
+            mu, sigma = _channel_stats(act)
             term = (((mu - mean) / std) ** 2 + ((sigma - target * std) / std) ** 2).mean(1)
-            out[layer] = term.view(acts.batch, -1).mean(1)
+            out[layer] = term.expand(acts.batch) / acts.batch if self.over == "batch" else term.view(acts.batch, -1).mean(1)
         return out
 
     def penalty(self, x, acts):

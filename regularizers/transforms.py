@@ -24,30 +24,34 @@ class TransformRobustness(Regularizer):
     on plain input; ``False`` returns Lucid's larger padded canvas
     ``(H + 2*pad - jitter - jitter_after)``. ``copies=N`` (expectation over transformations)
     transforms N independent copies of each item, item-major; objectives average them.
+    ``flip``: probability of mirroring an item left-right (folded into the same matrix).
     ``(B, C, H, W) -> (B * copies, C, H', W')``.
     """
 
     def __init__(self, pad: int = 12, jitter: int = 8, scales: Sequence[float] = DEFAULT_SCALES,
                  degrees: float = 10.0, jitter_after: int = 4, fill: float = 0.5, keep_size: bool = True,
-                 copies: int = 1):
+                 copies: int = 1, flip: float = 0.0):
         super().__init__(name="transforms")
         if copies < 1:
             raise ValueError(f"copies must be >= 1, got {copies}")
         self.pad, self.jitter, self.jitter_after = pad, jitter, jitter_after
         self.scales, self.degrees, self.fill, self.keep_size = tuple(scales), degrees, fill, keep_size
-        self.copies = copies
+        self.copies, self.flip = copies, float(flip)
 
     def sample(self, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Per-item parameters: shifts in px, scale factors, angles in degrees."""
         def shift(n):  # a random crop of size S - n from S: offset in 0..n, centred
             return torch.randint(0, n + 1, (batch, 2), generator=generator).float() - n / 2
         scale_idx = torch.randint(0, len(self.scales), (batch,), generator=generator)
-        return {
+        out = {
             "shift1": shift(self.jitter),
             "scale": torch.tensor(self.scales)[scale_idx],
             "angle": (torch.rand(batch, generator=generator) * 2 - 1) * self.degrees,
             "shift2": shift(self.jitter_after),
         }
+        if self.flip:  # drawn only when asked for: runs without flips keep their random stream
+            out["flip"] = torch.rand(batch, generator=generator) < self.flip
+        return out
 
     def matrices(self, params: dict[str, torch.Tensor], in_size, out_size) -> torch.Tensor:
         """``(B, 2, 3)`` source->output affine maps about the image centres."""
@@ -59,6 +63,9 @@ class TransformRobustness(Regularizer):
         c_in = torch.tensor([(w - 1) / 2, (h - 1) / 2])
         c_out = torch.tensor([(wo - 1) / 2, (ho - 1) / 2])
         rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B, 2, 2)
+        if "flip" in params:  # mirror x about the input centre first: R·S·diag(-1, 1)
+            sign = torch.where(params["flip"], -1.0, 1.0)[:, None]
+            rot = torch.stack([rot[..., 0] * sign, rot[..., 1]], -1)  # first column (x) negated
         offset = (rot @ (t1 - c_in).unsqueeze(-1)).squeeze(-1) + params["shift2"] + c_out
         return torch.cat([rot, offset.unsqueeze(-1)], -1)
 

@@ -125,7 +125,7 @@ def test_objectives_for_prototypes(lite0):
 def test_short_prototype_run_raises_the_target_probability(lite0):
     with torch.no_grad():
         chance = lite0(torch.full((1, 3, 128, 128), 0.5)).softmax(1)[0, [94, 980]]
-    protos = make_prototypes(lite0, ["hummingbird", 980], steps=24, size=128, match="bn", heldout=4,
+    protos = make_prototypes(lite0, ["hummingbird", 980], recipe="bn-item", steps=24, size=128, heldout=4,
                              progress=False)
     assert [p.cls for p in protos] == [94, 980] and [p.stem for p in protos] == ["94_hummingbird", "980_volcano"]
     for p, c in zip(protos, chance):
@@ -154,9 +154,11 @@ def test_prototype_cli_writes_images_json_index_and_sheet(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--classes", "hummingbrid"], "unknown class name"),
     (["--classes", "1000"], "out of range"),
-    (["--classes", "94", "--match", "pixels"], "unknown --match"),
-    (["--classes", "94", "--match", "images:/no/such/dir"], "not a folder"),
-    (["--classes", "94", "--match-layers", "_blocks.3"], "not BatchNorm layers"),
+    (["--classes", "94", "--match", "pixels"], "match must be bn | images:DIR | seed | none"),
+    (["--classes", "94", "--recipe", "vitall"], "Did you mean: vital"),
+    (["--classes", "94", "--init", "image:/no/such.png"], "path not found"),
+    (["--classes", "94", "--match", "images:/no/such/dir"], "images path not found"),
+    (["--classes", "94", "--match", "bn", "--match-layers", "_blocks.3"], "not BatchNorm layers"),
 ])
 def test_prototype_cli_bad_input(tmp_path, capsys, argv, message):
     rc = main(["prototype", "--model", "efficientnet-lite0", "--steps", "2", "--size", "64", "--quiet",

@@ -1,0 +1,142 @@
+"""Named prototype recipes: every setting of a prototype run in one validated, frozen record.
+
+A :class:`Recipe` owns the defaults and the checks of :func:`fvis.prototype.make_prototypes`;
+``fvis prototype --recipe NAME`` and ``make_prototypes(recipe=NAME)`` pick one of
+:data:`RECIPES`, and any field can be overridden (``recipe.replace(steps=256)``).
+What each recipe measured is in results/prototype/ (not here: docstrings describe, results measure).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import FvisError, suggest
+
+PARAMS = ("fourier", "maco", "pixel")
+SOURCES = ("bn", "images:DIR", "seed", "none")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Settings of a prototype run (all of them; the JSON of every prototype records them).
+
+    Image: ``param`` (fourier | maco | pixel), ``decay_power`` (Fourier spectrum 1/f^d), ``init``
+    (``random`` | ``equidistant``: the all-classes-equally-likely start | ``image:PATH``: start from
+    a photo, feature accentuation), ``coarse`` (share of the steps optimized at half resolution
+    before the full-resolution image takes over: coarse-to-fine).
+    Optimizer: ``steps``, ``lr``, ``lr_schedule`` (constant | cosine: down to 10 % of ``lr``).
+    Transforms: ``transforms`` (Lucid's pad/jitter/scale/rotate), ``flip`` (mirror probability).
+    Priors: ``tv`` (total variation), ``l2`` (mean squared distance from grey), ``high_freq``
+    (high-frequency *energy*, not its share).
+    Natural activations: ``match`` is the source (``bn``: BatchNorm running statistics, data-free;
+    ``images:DIR``: reference photos; ``seed``: the ``image:PATH`` start's own activations;
+    ``none``), ``match_stat`` what is matched (``moments``: per-channel mean and std; ``sorted``:
+    the whole per-channel distribution, 1-D Wasserstein, VITAL), ``match_over`` (``item``: each
+    image; ``batch``: the whole batch pooled, DeepInversion), ``match_layers`` (``per-block`` | ``all``
+    | tuple of layer names), ``first_layer`` (weight multiplier of the first matched layer),
+    ``match_ratio`` (auto-balance: the matching gradient norm at the start / the objective's) or a
+    fixed ``match_weight``, ``class_weight`` (class-mean term with class-named reference images).
+    Objective: ``log_prob`` (log-softmax instead of the logit), ``diversity`` (within-class
+    diversity weight when several per class; ``None``: 50 then, else 0).
+    """
+
+    name: str = "custom"
+    steps: int = 512
+    param: str = "fourier"
+    decay_power: float = 1.0
+    init: str = "random"
+    coarse: float = 0.0
+    lr: float = 0.05
+    lr_schedule: str = "constant"
+    transforms: bool = True
+    flip: float = 0.0
+    tv: float = 0.0
+    l2: float = 0.0
+    high_freq: float = 0.0
+    match: str = "none"
+    match_stat: str = "moments"
+    match_over: str = "item"
+    match_layers: str | tuple = "per-block"
+    first_layer: float = 1.0
+    match_ratio: float = 1.0
+    match_weight: float | None = None
+    class_weight: float = 1.0
+    log_prob: bool = False
+    diversity: float | None = None
+
+    def __post_init__(self):
+        def bad(field, value, allowed):
+            raise FvisError(f"recipe {self.name!r}: {field} must be {allowed}, got {value!r}")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("steps",) and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                bad(f.name, v, "a positive integer")
+            if f.type in ("float", "float | None") and v is not None and (
+                    isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                bad(f.name, v, "a number >= 0")
+        if self.param not in PARAMS:
+            bad("param", self.param, " | ".join(PARAMS))
+        if not (self.init in ("random", "equidistant") or self.init.startswith("image:")):
+            bad("init", self.init, "random | equidistant | image:PATH")
+        if not (self.match in ("bn", "seed", "none") or self.match.startswith("images:")):
+            bad("match", self.match, "bn | images:DIR | seed | none")
+        if self.match == "seed" and not self.init.startswith("image:"):
+            bad("match", self.match, "used with init image:PATH (its own activations)")
+        if self.match_stat not in ("moments", "sorted"):
+            bad("match_stat", self.match_stat, "moments | sorted")
+        if self.match_over not in ("item", "batch"):
+            bad("match_over", self.match_over, "item | batch")
+        if self.lr_schedule not in ("constant", "cosine"):
+            bad("lr_schedule", self.lr_schedule, "constant | cosine")
+        if not 0 <= self.coarse < 1:
+            bad("coarse", self.coarse, "a share of the steps in [0, 1)")
+        if self.param == "maco" and (self.coarse or self.init.startswith("image:")):
+            bad("param", self.param, "fourier or pixel with coarse-to-fine or an image start (maco optimizes phase only)")
+        if not 0 <= self.flip <= 1:
+            bad("flip", self.flip, "a probability in [0, 1]")
+        if isinstance(self.match_layers, str) and self.match_layers not in ("per-block", "all"):
+            bad("match_layers", self.match_layers, "per-block | all | a list of layer names")
+        for source in (self.match, self.init):
+            path = source.split(":", 1)[1] if source.startswith(("images:", "image:")) else None
+            if path is not None and not Path(path).exists():
+                raise FvisError(f"recipe {self.name!r}: {source.split(':', 1)[0]} path not found: {path}")
+
+    def replace(self, **changes) -> "Recipe":
+        """A copy with ``changes`` (unknown names are one clear error); ``None`` values are ignored."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for key in changes:
+            if key not in names:
+                raise FvisError(f"unknown recipe setting {key!r}{suggest(key, names)}")
+        changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def settings(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    # Lucent's / Lucid's class visualization: Fourier image, standard transforms, nothing else
+    Recipe("lucent"),
+    # fvis 0.1's prototype default: per-image BatchNorm moments on one BN per block, high-frequency
+    # share penalty, equidistant start (kept for comparison; its HF *share* penalty made a bright centre)
+    Recipe("bn-item", match="bn", init="equidistant", high_freq=10.0),
+    # DeepInversion (Yin et al. 2020): batch BatchNorm statistics on every BN layer, first layer x10,
+    # jitter and flips, TV and L2 priors, coarse-to-fine, cosine learning rate
+    Recipe("deepinversion", match="bn", match_over="batch", match_layers="all", first_layer=10.0, flip=0.5,
+           tv=0.25, l2=0.05, coarse=0.5, lr_schedule="cosine"),
+    # VITAL-style (2025): whole per-channel distributions (sorted activations) of natural images
+    Recipe("vital", match="bn", match_stat="sorted", flip=0.5),
+    # feature accentuation (Hamblin et al. 2023): start from a photo, stay on its activation path
+    Recipe("accentuate", init="image:", match="seed", match_stat="sorted", steps=256),
+)}
+DEFAULT = "lucent"
+
+
+def get_recipe(name: str | Recipe) -> Recipe:
+    """A recipe by name (close names suggested) or the recipe itself."""
+    if isinstance(name, Recipe):
+        return name
+    if name not in RECIPES:
+        raise FvisError(f"unknown recipe {name!r}{suggest(name, RECIPES)}; choose from {', '.join(RECIPES)}")
+    return RECIPES[name]

@@ -1,0 +1,166 @@
+"""Prototype recipes (issue 17): sorted matching, batch statistics, coarse-to-fine, flips, every
+named recipe on real Lite0, and the naturalness statistics against the offline photos."""
+import pytest
+import torch
+
+import objectives as obj
+import regularizers as reg
+from fvis.engine import optimize
+from fvis.errors import FvisError
+from fvis.hooks import Capture, frozen
+from fvis.io import save_image
+from fvis.naturalness import STATISTICS, naturalness, photo_ranges
+from fvis.param import FourierImage, Upsampled
+from fvis.prototype import make_prototypes
+from fvis.recipes import RECIPES, Recipe, get_recipe
+from fvis.reference import activation_quantiles
+
+LAYERS = ["_blocks.3._bn2", "_blocks.9._bn2"]
+
+
+def _acts(model, layers, x):
+    with frozen(model), Capture(model, layers, truncate=False) as cap:
+        return cap.forward(x)
+
+
+def test_sorted_matching_is_zero_for_the_reference_itself_and_grows_under_perturbation(lite0, coffee):
+    quantiles = activation_quantiles(lite0, coffee[None], LAYERS, levels=256)
+    match = reg.SortedMatching(quantiles, std_floor=0.0)
+    assert match.penalty(coffee[None], _acts(lite0, LAYERS, coffee[None])).item() < 1e-3
+    g = torch.Generator().manual_seed(0)
+    previous = 0.0
+    for noise in (0.02, 0.08, 0.3):
+        x = (coffee + noise * torch.randn(coffee.shape, generator=g)).clamp(0, 1)[None]
+        value = match.penalty(x, _acts(lite0, LAYERS, x)).item()
+        assert value > previous
+        previous = value
+    # a mirrored photo has the same per-channel value distribution (up to the border), not the same map
+    flipped = coffee.flip(-1)[None]
+    assert match.penalty(flipped, _acts(lite0, LAYERS, flipped)).item() < 0.1 * previous
+
+
+def test_sorted_matching_sees_shape_beyond_mean_and_std(lite0):
+    """Two distributions with equal mean and std (uniform vs two spikes) are apart for sorted
+    matching and equal for moment matching."""
+    n = 1024
+    levels = reg.quantile_levels(n)
+    uniform = (levels - 0.5) * (12 ** 0.5)  # mean 0, std 1
+    spikes = torch.where(levels < 0.5, -1.0, 1.0)  # mean 0, std 1
+    quantiles = {"x": uniform[None]}
+    act = spikes.view(1, 1, 32, 32)
+
+    class Acts:
+        batch, copies = 1, 1
+
+        def __getitem__(self, name):
+            return act
+
+    sorted_match = reg.SortedMatching(quantiles, std_floor=0.0)
+    moments = reg.ActivationMatching({"x": {"mean": torch.zeros(1), "std": torch.ones(1)}}, std_floor=0.0)
+    assert moments.penalty(act, Acts()).item() < 1e-6
+    assert sorted_match.penalty(act, Acts()).item() > 0.05
+
+
+def test_batch_matching_pools_items_and_item_matching_does_not():
+    stats = {"x": {"mean": torch.zeros(2), "std": torch.ones(2)}}
+    a = torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    a[:2] += 1.0  # two items shifted up, two down: the batch as a whole is centred
+    a[2:] -= 1.0
+
+    class Acts:
+        batch, copies = 4, 1
+
+        def __getitem__(self, name):
+            return a
+
+    per_item = reg.ActivationMatching(stats, over="item", std_floor=0.0).penalty(a, Acts())
+    pooled = reg.ActivationMatching(stats, over="batch", std_floor=0.0).penalty(a, Acts())
+    assert per_item.shape == pooled.shape == (4,)
+    assert per_item.min() > 0.8  # every item is one std off
+    assert torch.allclose(pooled, pooled[0].expand(4))  # one population, shared equally
+    assert 0.1 < pooled.sum() < 0.25  # mean 0 is right; its spread sqrt(2) std is off: (sqrt(2) - 1)^2 = 0.17
+    with pytest.raises(FvisError, match="over"):
+        reg.ActivationMatching(stats, over="batches")
+
+
+def test_gaussian_quantiles_follow_batchnorm_statistics(lite0):
+    stats = reg.batchnorm_stats(lite0, ["_blocks.3._bn2"])
+    q = reg.gaussian_quantiles(stats, levels=512)["_blocks.3._bn2"]
+    s = stats["_blocks.3._bn2"]
+    live = s["std"] < 1e5
+    assert torch.allclose(q.mean(1)[live], s["mean"][live], atol=1e-4)
+    assert torch.allclose(q.std(1, correction=0)[live], s["std"][live], rtol=0.05)
+
+
+def test_flip_mirrors_and_leaves_flip_free_runs_unchanged():
+    x = torch.rand(3, 3, 16, 20, generator=torch.Generator().manual_seed(1))
+    plain = dict(pad=0, jitter=0, scales=(1.0,), degrees=0, jitter_after=0)
+    mirrored = reg.TransformRobustness(**plain, flip=1.0).transform(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(mirrored, x.flip(-1), atol=1e-5)
+    a = reg.TransformRobustness().transform(x, torch.Generator().manual_seed(2))
+    b = reg.TransformRobustness(flip=0.0).transform(x, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)  # no extra random draws without flips: old seeds give old images
+
+
+def test_coarse_to_fine_hands_the_image_on_without_a_jump(lite0):
+    objective = obj.class_logits([980])
+    coarse = Upsampled(FourierImage(112, seed=0), 224)
+    first = optimize(lite0, objective, coarse, [reg.TransformRobustness()], steps=12, seed=0, progress=False)
+    fine = FourierImage(224, init=first.input)
+    assert torch.allclose(fine().detach(), first.input, atol=2e-3)  # the same picture, now free at full size
+    second = optimize(lite0, objective, fine, [], steps=0, seed=1, progress=False)
+    assert second.values.item() == pytest.approx(first.values.item(), rel=0.02, abs=0.05)
+
+
+def test_recipe_settings_are_checked_once_with_clear_errors(tmp_path):
+    assert get_recipe("vital").match_stat == "sorted"
+    with pytest.raises(FvisError, match="unknown recipe 'vitall'.*Did you mean: vital"):
+        get_recipe("vitall")
+    with pytest.raises(FvisError, match="unknown recipe setting 'stpes'.*steps"):
+        RECIPES["lucent"].replace(stpes=3)
+    for bad, message in [({"steps": 0}, "steps"), ({"match": "pixels"}, "match"), ({"coarse": 1.0}, "coarse"),
+                         ({"flip": 2.0}, "flip"), ({"match": "seed"}, "init image"), ({"tv": -1.0}, "tv"),
+                         ({"init": "image:/no/such.png"}, "not found"), ({"param": "maco", "coarse": 0.5}, "maco")]:
+        with pytest.raises(FvisError, match=message):
+            Recipe("x").replace(**bad)
+    assert Recipe("x").replace(match_layers=["a", "b"]).settings()["match_layers"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_raises_its_class_on_real_lite0(lite0, coffee, tmp_path, name):
+    with torch.no_grad():
+        chance = lite0(torch.full((1, 3, 128, 128), 0.5)).softmax(1)[0, 94].item()
+    extra = {}
+    if name == "accentuate":
+        save_image(coffee, tmp_path / "seed.png")
+        extra = {"init": f"image:{tmp_path / 'seed.png'}"}
+    protos = make_prototypes(lite0, ["hummingbird"], recipe=name, steps=16, size=128, heldout=0, progress=False,
+                             **extra)
+    p = protos[0]
+    assert p.settings["recipe"] == name and p.image.shape == (3, 128, 128)
+    assert p.metrics["clean_p"] > max(0.2, 50 * chance), (name, p.metrics["clean_p"])
+    assert len(p.history["objective"]) == 16
+    assert set(p.metrics["naturalness"]) >= set(photo_ranges())
+
+
+def test_accentuate_needs_a_photo(lite0):
+    with pytest.raises(FvisError, match="starts from a photo"):
+        make_prototypes(lite0, [94], recipe="accentuate", steps=1, size=64, heldout=0, progress=False)
+
+
+def test_naturalness_puts_photos_inside_their_ranges_and_a_plain_render_outside(lite0):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from photos import photo_crops
+
+    photos = torch.stack(list(photo_crops().values()))
+    ranges = photo_ranges()
+    assert len(ranges) >= 3 and set(ranges) <= set(STATISTICS)
+    rows = naturalness(photos)
+    assert all(r["natural_in_range"] == r["natural_total"] == len(ranges) for r in rows)
+    render = make_prototypes(lite0, [94, 980], recipe="lucent", steps=64, heldout=0, progress=False)
+    for p in render:
+        n = p.metrics["naturalness"]
+        assert n["natural_in_range"] < n["natural_total"], n
