@@ -2,9 +2,8 @@
 
 With glibc's defaults, every tensor above the (dynamic, at most 32 MiB) mmap threshold gets
 fresh pages from the OS and gives them back when freed, so each step of a CPU optimization
-page-faults its large activations in again: on the 2-core test machine a bare Lite0 step at
-batch 8 took 433 ms with glibc's defaults (87 ms of system time per step) and 370 ms tuned
-(``scripts/bench_allocator.py``). PyTorch's CPU performance guide suggests preloading jemalloc
+page-faults its large activations in again (measured in ``results/bench_allocator.md``, made by
+``scripts/bench_allocator.py``). PyTorch's CPU performance guide suggests preloading jemalloc
 or tcmalloc for the same reason; :func:`tune_allocator` gets the effect in-process with two
 ``mallopt`` calls.
 

@@ -22,13 +22,15 @@ import regularizers as reg
 
 from .engine import optimize
 from .errors import FvisError
+from .files import contact_sheet, load_image, save_image, versions, write_json
 from .hooks import OUTPUT
-from .io import contact_sheet, save_image, versions, write_json
 from .metrics import heldout_predictions
-from .models import ImageModel
+from .models import ImageModel, top_classes
+from .naming import unique
 from .optim import SteepestDescent
 from .param import Perturbation
-from .render import top_classes
+from .policies import PerItem, SkipFinalValues
+from .progress import progress_bar
 
 METHODS = ("pgd", "mifgsm", "adam")
 
@@ -163,9 +165,10 @@ def attack(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[in
             ok = objectives.adversarial.succeeded(acts[OUTPUT], rows, targeted, kappa)
             return ok.view(acts.batch, acts.copies).all(1)
 
+        per_item = PerItem(stop=stop if early_stop else None, keep_best=best_iterate, skip_done=True)
         result = optimize(model, objective, param, regs, steps=steps, lr=step_size, optimizer=make_optimizer,
-                          seed=seed + r, progress=progress, stop=stop if early_stop else None, skip_done=True,
-                          keep_best=best_iterate, final_values=False)  # judged below, on 8-bit images
+                          seed=seed + r, progress=progress,
+                          policies=[per_item, SkipFinalValues()])  # judged below, on 8-bit images
         adv_q, score, prob = _judge(model, clean[todo], result.input.to(device), eps, norm, cls, targeted)
         better = score > best_score[todo]
         keep = todo[better]
@@ -247,15 +250,11 @@ def attack_files(model: ImageModel, paths: Sequence[Path], out: Path, *, target:
     """Attack image files (resized to the model's input size, centre crop) in batches and write
     the per-image outputs of :func:`save_attack` plus ``out/summary.json``. ``kwargs`` go to
     :func:`attack`. Every file is read before any optimization starts (bad files fail fast)."""
-    from tqdm.auto import tqdm
-
-    from .io import load_image
-
     images = [load_image(p, model.input_size, model.channels, min_side=MIN_SIDE) for p in paths]
-    stems = _unique_stems(paths)
+    stems = unique(Path(p).stem for p in paths)
     records, seconds = [], 0.0
     chunks = range(0, len(images), batch_size)
-    for i in tqdm(chunks, desc="batches", unit="batch", disable=not progress or len(chunks) == 1, leave=False):
+    for i in progress_bar(chunks, show=progress and len(chunks) > 1, desc="batches", unit="batch"):
         batch = torch.stack(images[i:i + batch_size])
         result = attack(model, batch, target=target, labels=None if label is None else [label] * len(batch),
                         progress=progress, **kwargs)
@@ -286,12 +285,3 @@ def attack_files(model: ImageModel, paths: Sequence[Path], out: Path, *, target:
 
 def _median(values: list[float]) -> float:
     return float(torch.tensor(values, dtype=torch.float64).median()) if values else float("nan")
-
-
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    stems, seen = [], {}
-    for p in paths:
-        stem = Path(p).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return stems

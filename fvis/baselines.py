@@ -7,18 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import kornia
 import torch
 
 from .datasets import ImageFolder
 from .errors import FvisError
+from .progress import progress_bar
 
 KINDS = ("black", "blur", "noise", "mean", "gray")
 
 
 def blur(x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
     """Gaussian blur of ``(B, C, H, W)`` (reflect border); ``sigma`` defaults to 5% of the longer side."""
-    import kornia
-
     sigma = float(sigma if sigma is not None else 0.05 * max(x.shape[-2:]))
     k = min(2 * int(3 * sigma) + 1, 2 * (min(x.shape[-2:]) // 2) - 1)  # odd, no larger than the image
     return kornia.filters.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
@@ -28,11 +28,9 @@ def dataset_mean(folder: str | Path, size: int | tuple[int, int], channels: int 
                  progress: bool = False) -> torch.Tensor:
     """Per-pixel mean ``(C, H, W)`` of the images in ``folder`` (resized and centre-cropped to
     ``size``); unreadable files are skipped with a warning."""
-    from tqdm.auto import tqdm
-
     images = ImageFolder(folder, size, batch_size=32, channels=channels)
     total, n = None, 0
-    for _, batch in tqdm(images, disable=not progress, desc="mean image", unit="batch", leave=False):
+    for _, batch in progress_bar(images, show=progress, desc="mean image", unit="batch"):
         total = batch.sum(0) if total is None else total + batch.sum(0)
         n += batch.shape[0]
     if n == 0:

@@ -4,14 +4,14 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
+from torchvision.models._meta import _IMAGENET_CATEGORIES
+
 from .errors import FvisError, suggest
 
 
 @lru_cache(maxsize=1)
 def imagenet_classes() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names, in index order (from torchvision's metadata)."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-
     return tuple(_IMAGENET_CATEGORIES)
 
 

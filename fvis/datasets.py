@@ -11,13 +11,13 @@ from typing import Iterator
 import torch
 
 from .errors import FvisError
-from .io import list_images, load_image
+from .files import list_images, load_image
 
 
 @dataclass
 class ImageFolder:
     """Iterate ``(paths, images (B, C, H, W))`` batches of the images in ``folder`` (as
-    :func:`fvis.io.list_images`: image suffixes, not recursive, sorted by name), resized
+    :func:`fvis.files.list_images`: image suffixes, not recursive, sorted by name), resized
     (short side) and centre-cropped to ``size``. A file that cannot be read is skipped with a
     warning; ``skipped`` lists ``(path, reason)`` so a run can report the count at the end."""
 

@@ -18,7 +18,7 @@ import torch
 from .errors import FvisError
 from .evaluate import check_classes, class_images, load_batch, pooled_activations
 from .hooks import named_layers
-from .io import _atomic_write, write_json
+from .files import atomic_write, write_json
 from .models import ImageModel
 
 
@@ -75,8 +75,8 @@ def entangle_folder(folder: str | Path, model: ImageModel, layer: str | None = N
               "pairs": ranked_pairs(P, cosine, kept, names, top)}
     out = Path(out or folder)
     write_json(report, out / "entanglement.json")
-    _atomic_write(out / "entanglement.csv", lambda f: f.write(_csv(P, names).encode()))
-    _atomic_write(out / "entanglement_features.csv", lambda f: f.write(_csv(cosine, names).encode()))
+    atomic_write(out / "entanglement.csv", lambda f: f.write(_csv(P, names).encode()))
+    atomic_write(out / "entanglement_features.csv", lambda f: f.write(_csv(cosine, names).encode()))
     heatmap([(P, f"{model.name}: p(j | prototype of i), renormalized over {len(kept)} classes"),
              (cosine, f"cosine of {layer} features")], names, out / "entanglement.png")
     return report
@@ -119,27 +119,4 @@ def heatmap(panels: Sequence[tuple[torch.Tensor, str]], names: Sequence[str], pa
                     v = float(matrix[i, j])
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                             color="black" if (v - lo) / (1 - lo) > 0.6 else "white")
-    return _atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
-
-
-def run_cli(args) -> None:
-    """``fvis entangle DIR --model M [--layer L] [--top N] [--out DIR]``: write the files, print the top pairs."""
-    from .datasets import warnings_as_lines
-    from .io import check_writable
-    from .models import load
-
-    if not args.folder.is_dir():
-        raise FvisError(f"not a folder: {args.folder}")
-    out = check_writable(args.out or args.folder)
-    model = load(args.model, args.weights, args.device)
-    with warnings_as_lines():
-        report = entangle_folder(args.folder, model, args.layer, args.top, out)
-    print(f"# {model.name}, {len(report['classes'])} classes, features from {report['layer']}; "
-          f"score = (p(b|a) + p(a|b)) / 2, p renormalized over the classes")
-    labels = [(f"{p['a']} {p['name_a']}", f"{p['b']} {p['name_b']}") for p in report["pairs"]]
-    width = max(len(text) for pair in labels for text in pair)
-    print(f"{'a':<{width}}  {'b':<{width}}  {'score':>6} {'p(b|a)':>6} {'p(a|b)':>6} {'cosine':>6}")
-    for (a, b), p in zip(labels, report["pairs"]):
-        print(f"{a:<{width}}  {b:<{width}}  {p['score']:6.4f} {p['p_b_given_a']:6.4f} "
-              f"{p['p_a_given_b']:6.4f} {p['feature_cosine']:6.3f}")
-    print(f"-> {out}/entanglement.{{csv,json,png}}, entanglement_features.csv")
+    return atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))

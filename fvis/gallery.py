@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .errors import FvisError
-from .io import _atomic_write
+from .files import atomic_write
 
 SUMMARIES = ("evaluation.json", "evaluation.md", "entanglement.png", "entanglement.json")
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
@@ -188,14 +188,5 @@ def build_gallery(run_dir: str | Path, out: str | Path | None = None) -> tuple[P
             + "".join(sections) + "</body></html>\n")
     if skipped:
         warnings.warn(f"gallery: skipped {skipped} unreadable or invalid file(s)")
-    _atomic_write(out, lambda f: f.write(page.encode("utf-8")))
+    atomic_write(out, lambda f: f.write(page.encode("utf-8")))
     return out, shown, skipped
-
-
-def run_cli(args) -> None:
-    """``fvis gallery RUN_DIR [--out FILE]``."""
-    from .datasets import warnings_as_lines
-
-    with warnings_as_lines():
-        path, shown, skipped = build_gallery(args.folder, args.out)
-    print(f"{path}: {shown} image(s){f', {skipped} file(s) skipped' if skipped else ''}")

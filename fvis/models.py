@@ -7,11 +7,17 @@ attacks and metrics never deal with it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
+import os
+import re
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import torch
+import torchvision
+from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 from .classes import imagenet_classes
@@ -91,17 +97,26 @@ def available() -> list[str]:
     return list(EFFICIENTNET_LITE) + _torchvision_names()
 
 
-def load(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu") -> ImageModel:
-    """Load a pretrained ImageNet classifier by name, ready for fvis (eval mode).
+def load(name: str, weights: str | Path | None = None, device: str | torch.device = "cpu", *,
+         mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+         input_size: int | tuple[int, int] | None = None) -> ImageModel:
+    """Load a classifier by name, ready for fvis (eval mode).
 
     * ``efficientnet-lite0/1/2``: real ImageNet weights from the offline weight packages.
     * any torchvision classifier (``resnet50``, ``vit_b_16``, ...): its default weights
       and their own preprocessing; downloaded on first use (needs internet once).
+    * ``package.module:factory``: your own network: ``factory()`` returns an ``nn.Module``
+      (wrapped with ``mean`` / ``std`` / ``input_size``, ImageNet's and 224 by default) or an
+      :class:`ImageModel` (which brings its own); the current folder is importable.
     * ``weights``: a local state-dict file (``torch.load(..., weights_only=True)``)
-      loaded into the named architecture instead of the default weights.
+      loaded into the network instead of its default weights.
     """
     key = name.lower()
-    if key in EFFICIENTNET_LITE:
+    if is_factory(name):
+        model = load_factory(name, weights, mean=mean, std=std, input_size=input_size)
+    elif mean is not None or std is not None or input_size is not None:
+        raise FvisError(f"--mean/--std/--input-size are for package.module:factory models; {name} brings its own")
+    elif key in EFFICIENTNET_LITE:
         model = _load_efficientnet_lite(key, weights)
     elif key in _torchvision_names():
         model = _load_torchvision(key, weights)
@@ -111,6 +126,47 @@ def load(name: str, weights: str | Path | None = None, device: str | torch.devic
         return model.to(device).eval()
     except (RuntimeError, AssertionError) as e:  # no CUDA build, no such device...
         raise FvisError(f"cannot use device {device!r}: {str(e).splitlines()[0]}") from None
+
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def is_factory(name: str) -> bool:
+    """Whether ``name`` has the form ``package.module:factory``."""
+    return bool(_FACTORY.match(name))
+
+
+def load_factory(spec: str, weights: str | Path | None = None, *, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, input_size: int | tuple[int, int] | None = None) -> ImageModel:
+    """The model ``factory()`` of ``package.module:factory`` returns (see :func:`load`)."""
+    module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: the current folder is importable
+    try:
+        factory = importlib.import_module(module_name)
+        for part in attr.split("."):
+            factory = getattr(factory, part)
+    except ImportError as e:
+        raise FvisError(f"cannot import {module_name!r} for model {spec!r}: {e}") from None
+    except AttributeError:
+        raise FvisError(f"module {module_name!r} has no {attr!r} (model {spec!r})") from None
+    if not callable(factory):
+        raise FvisError(f"{spec!r} is not callable: give a function or class that returns a network")
+    net = factory()
+    if isinstance(net, ImageModel):
+        if mean is not None or std is not None or input_size is not None:
+            raise FvisError(f"{spec!r} returns an fvis model with its own normalization and input size; "
+                            f"drop --mean/--std/--input-size")
+        model = net
+    elif isinstance(net, nn.Module):
+        if (mean is None) != (std is None):
+            raise FvisError("give both --mean and --std, or neither (default: ImageNet's)")
+        model = ImageModel(net, mean or IMAGENET_MEAN, std or IMAGENET_STD, input_size or 224, name=spec)
+    else:
+        raise FvisError(f"{spec}() returned {type(net).__name__}, not an nn.Module or an fvis model")
+    if weights is not None:
+        _apply_weights(model.net, weights)
+    return model
 
 
 def _load_state_dict(path: str | Path) -> dict:
@@ -137,10 +193,6 @@ def _apply_weights(net: nn.Module, path: str | Path) -> None:
 
 
 def _load_efficientnet_lite(name: str, weights) -> ImageModel:
-    import importlib
-
-    from efficientnet_lite_pytorch import EfficientNet
-
     package, attr, size = EFFICIENTNET_LITE[name]
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
         if weights is None:
@@ -158,14 +210,10 @@ def _load_efficientnet_lite(name: str, weights) -> ImageModel:
 
 
 def _torchvision_names() -> list[str]:
-    import torchvision
-
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def _load_torchvision(name: str, weights) -> ImageModel:
-    import torchvision
-
     default = torchvision.models.get_model_weights(name).DEFAULT
     net = torchvision.models.get_model(name, weights=None)
     if weights is not None:
@@ -184,3 +232,16 @@ def _load_torchvision(name: str, weights) -> ImageModel:
     size = getattr(tf, "crop_size", [224])
     return ImageModel(net, tuple(tf.mean), tuple(tf.std), tuple(size) * (2 // len(size)),
                       default.meta.get("categories"), name)
+
+
+def top_classes(model: ImageModel, images: torch.Tensor, k: int = 5) -> list[list[dict]]:
+    """Top-``k`` ``{"class", "name", "p"}`` per image (for classifiers)."""
+    with torch.no_grad():
+        out = model(images.to(next(model.parameters()).device))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        return [[] for _ in images]
+    probs = out.softmax(1).cpu()
+    p, idx = probs.topk(min(k, probs.shape[1]), dim=1)
+    names = model.class_names
+    return [[{"class": int(i), "name": names[i] if names else str(int(i)), "p": round(float(q), 6)}
+             for q, i in zip(pp, ii)] for pp, ii in zip(p, idx)]

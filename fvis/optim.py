@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .engine import SearchOptimizer  # noqa: F401  (the search-optimizer protocol lives with the loop that steps it)
 from .engine import make_optimizer
 
 

@@ -7,9 +7,12 @@ seed reproduces a run exactly on CPU.
 """
 from __future__ import annotations
 
+from importlib.resources import files
 
 import torch
+from safetensors.torch import load
 from torch import nn
+from torchvision.transforms.v2 import functional as F
 
 # Lucid's colour correlation (ImageNet), rows = RGB; normalized by its largest column norm.
 _COLOR_CORRELATION = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -195,8 +198,6 @@ def natural_magnitude(images: torch.Tensor, size=None) -> torch.Tensor:
     """Mean amplitude spectrum of natural images ``(N, 3, H, W)`` in [0, 1] (each image centred,
     colours decorrelated as :class:`FourierImage` does): ``(3, H, W // 2 + 1)``, orthonormal FFT.
     ``size`` first resizes the images (short side) and centre-crops."""
-    from torchvision.transforms.v2 import functional as F
-
     if size is not None:
         h, w = _size(size)
         images = F.center_crop(F.resize(images, [min(h, w)], antialias=True), [h, w])
@@ -210,10 +211,6 @@ def natural_magnitude(images: torch.Tensor, size=None) -> torch.Tensor:
 def shipped_magnitude(size=224) -> torch.Tensor:
     """The natural amplitude spectrum shipped with fvis (from the offline sample photos; made by
     ``scripts/make_maco_spectrum.py``), resampled to ``size``: ``(3, H, W // 2 + 1)``."""
-    from importlib.resources import files
-
-    from safetensors.torch import load
-
     data = load((files("fvis") / "data" / "natural_magnitude.safetensors").read_bytes())["magnitude"].float()
     return resample_magnitude(data, size)
 

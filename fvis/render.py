@@ -1,19 +1,18 @@
 """Feature visualization of a list of objectives in one batched run, and writing the results."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Sequence
-
-import torch
 
 import regularizers as reg
 from objectives import Objective, batched
 
 from .engine import Result, optimize
-from .io import contact_sheet, save_image, versions, write_json
-from .models import ImageModel
+from .files import contact_sheet, save_image, versions, write_json
+from .models import ImageModel, top_classes  # noqa: F401  (top_classes: old import path)
+from .naming import slug, unique  # noqa: F401  (slug: old import path)
 from .param import FourierImage, PixelImage
+from .policies import CaptureOptions
 
 PARAMS = {"fourier": FourierImage, "pixel": PixelImage}
 
@@ -30,39 +29,19 @@ def render(model: ImageModel, objectives: Sequence[Objective], *, param: str = "
     image = PARAMS[param](size, batch=len(objectives), channels=model.channels, seed=seed, **kwargs).to(device)
     regs = [reg.TransformRobustness()] if transforms else []
     return optimize(model, batched(objectives), image, regs, steps=steps, lr=lr, optimizer=optimizer,
-                    seed=seed, thresholds=thresholds, progress=progress, channels_last=channels_last)
-
-
-def slug(text: str) -> str:
-    """A file-name-safe version of an objective spec."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "objective"
-
-
-def top_classes(model: ImageModel, images: torch.Tensor, k: int = 5) -> list[list[dict]]:
-    """Top-``k`` ``{"class", "name", "p"}`` per image (for classifiers)."""
-    with torch.no_grad():
-        out = model(images.to(next(model.parameters()).device))
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        return [[] for _ in images]
-    probs = out.softmax(1).cpu()
-    p, idx = probs.topk(min(k, probs.shape[1]), dim=1)
-    names = model.class_names
-    return [[{"class": int(i), "name": names[i] if names else str(int(i)), "p": round(float(q), 6)}
-             for q, i in zip(pp, ii)] for pp, ii in zip(p, idx)]
+                    seed=seed, thresholds=thresholds, progress=progress,
+                    policies=[CaptureOptions(channels_last=channels_last)])
 
 
 def save_renders(result: Result, model: ImageModel, specs: Sequence[str], out: Path, settings: dict) -> list[Path]:
-    """Write ``<name>.png`` + ``<name>.json`` per objective and a contact sheet when there are several."""
+    """Write ``<name>.png`` + ``<name>.json`` per objective and a contact sheet when there are
+    several; returns every path written."""
     out = Path(out)
-    names, seen = [], {}
-    for spec in specs:
-        base = slug(spec)
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    names = unique(slug(spec) for spec in specs)
     tops = top_classes(model, result.input)
     written = []
     for i, (spec, name) in enumerate(zip(specs, names)):
-        written.append(save_render(result, i, model, spec, out / name, settings, tops[i])[0])  # the PNG
+        written.extend(save_render(result, i, model, spec, out / name, settings, tops[i]))  # PNG, JSON
     if len(specs) > 1:
         labels = [f"{s} ({float(v):.3g})" for s, v in zip(specs, result.values)]
         written.append(contact_sheet(list(result.input), labels, out / "contact_sheet.png"))

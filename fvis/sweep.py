@@ -19,17 +19,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 import objectives
 
 from .classes import resolve_class
 from .errors import FvisError
-from .hooks import Capture, frozen
-from .io import _atomic_write, check_writable, list_images, write_json
-from .models import load
+from .hooks import capturing
+from .files import atomic_write, check_writable, list_images, write_json
+from .models import load, top_classes
+from .naming import slug
+from .progress import progress_bar
+from .prototype import make_prototypes, prototype_stem, save_prototype
 from .recipes import DEFAULT, Recipe, get_recipe
-from .render import render, save_render, slug, top_classes
+from .render import render, save_render
 
 DEFAULTS = {"out": None, "steps": 256, "size": None, "seed": 0, "device": "cpu", "batch": 8}
 PER_JOB = ("steps", "size", "seed", "batch")  # top-level defaults that a job may override
@@ -136,7 +138,7 @@ def _job(j: int, table: dict, base: dict, models: dict, device: str) -> Job:
         folder += f"_{layer}"
         objs = [objectives.channel(layer, c) for c in _channels(table["channels"])]
     else:
-        objs = [objectives.class_logit(c, model.class_names) for c in _classes(table["classes"])]
+        objs = [_named_logit(c, model.class_names) for c in _classes(table["classes"])]
     _dry_check(model, objs, settings["size"])
     items = _unique([(slug(o.name), o) for o in objs])
     return Job(j, kind, name, slug(folder), settings, items, _chunks(len(items), settings["batch"]), {})
@@ -144,8 +146,6 @@ def _job(j: int, table: dict, base: dict, models: dict, device: str) -> Job:
 
 def _prototype_job(j: int, table: dict, folder: str, settings: dict, model, options: dict, models: dict,
                    device: str) -> Job:
-    from .prototype import make_prototypes, prototype_stem
-
     per_class, match = table.get("per_class", 1), table.get("match")
     if not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1:
         raise FvisError(f"per_class must be a positive integer, got {per_class!r}")
@@ -205,6 +205,16 @@ def _classes(value) -> list[int | str]:
     return values
 
 
+def _named_logit(c: int | str, names) -> objectives.Objective:
+    """A class-logit objective named ``logit:<index>:<class name>`` however the class was given
+    (files ``logit_94_hummingbird.png`` for ``94`` and for ``"hummingbird"`` alike)."""
+    objective = objectives.class_logit(c, names)  # an index out of range fails in the dry check
+    index = int(c) if isinstance(c, int) or str(c).isdigit() else resolve_class(c, names)
+    if names and 0 <= index < len(names):
+        objective.name = f"logit:{index}:{names[index]}"
+    return objective
+
+
 def _unique(items: list) -> list:
     stems = [s for s, _ in items]
     for s in stems:
@@ -217,7 +227,7 @@ def _dry_check(model, objs, size) -> None:
     """One forward of a grey image: unknown layers, channels or classes raise ``FvisError``."""
     h, w = size or model.input_size
     x = torch.full((1, model.channels, h, w), 0.5, device=next(model.parameters()).device)
-    with frozen(model), Capture(model, set().union(*(o.layers for o in objs))) as cap:
+    with capturing(model, set().union(*(o.layers for o in objs))) as cap:
         acts = cap.plan(x)
     for o in objs:
         o.check(acts)
@@ -253,7 +263,7 @@ def sweep(config: str | Path, out: str | Path | None = None, progress: bool = Tr
             for tmp in (p for d in [run_dir, *(run_dir / job.folder for job in jobs)] for p in d.glob(".*.tmp")):
                 tmp.unlink(missing_ok=True)  # left by a killed run (complete files are renamed into place)
             if not (run_dir / "config.toml").exists():  # (an existing copy was checked to be the same)
-                _atomic_write(run_dir / "config.toml", lambda f: f.write(raw))
+                atomic_write(run_dir / "config.toml", lambda f: f.write(raw))
             todo = [_todo(run_dir, jobs)]
             items, left = sum(len(job.items) for job in jobs), sum(n for *_, n in todo[0])
             print(f"{items - left} done, {left} to do ({len(todo[0])} batch(es) on {world} rank(s)) -> {run_dir}/",
@@ -295,8 +305,8 @@ def _run(run_dir: Path, jobs: list[Job], models: dict, mine, rank: int, world: i
     made = []
     log = run_dir / "logs" / f"rank{rank}.log"
     log.parent.mkdir(exist_ok=True)
-    bar = tqdm(total=sum(n for *_, n in mine), disable=not progress, unit="item",
-               desc="sweep" if world == 1 else f"sweep rank {rank}")
+    bar = progress_bar(total=sum(n for *_, n in mine), show=progress, unit="item", leave=True,
+                       desc="sweep" if world == 1 else f"sweep rank {rank}")
     inner = progress and world == 1
     with bar, open(log, "a") as log_file:
         for j, c, _ in mine:
@@ -316,8 +326,6 @@ def _make_chunk(job: Job, chunk: list[int], model, folder: Path, settings: dict,
     """Render one chunk and write its unfinished items; yields each stem written."""
     s = job.settings
     if job.kind == "prototype":
-        from .prototype import make_prototypes, save_prototype
-
         classes = list(dict.fromkeys(job.items[i][1][0] for i in chunk))
         protos = make_prototypes(model, classes, per_class=s["per_class"], steps=s["steps"], size=s["size"],
                                  seed=s["seed"], progress=progress, **job.options)

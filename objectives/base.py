@@ -13,6 +13,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from fvis.errors import FvisError
 from fvis.hooks import Activations
 
 Number = (int, float)
@@ -120,7 +121,6 @@ class _Masked(Objective):
             [self.items] if isinstance(self.items, int) else list(self.items))
         bad = [i for i in idx if not -n <= i < n]
         if bad or len(idx) == 0:
-            from fvis.errors import FvisError
             raise FvisError(f"objective {self.inner.name!r} targets batch items {self.items} but the batch has {n}")
         self.inner.check(acts)
 

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 import fvis  # noqa: E402
 from fvis import explain as E  # noqa: E402
-from fvis.io import contact_sheet, save_image, versions, write_json  # noqa: E402
+from fvis import scorer as S  # noqa: E402
+from fvis.files import contact_sheet, save_image, versions, write_json  # noqa: E402
 
 OUT = ROOT / "results" / "explain"
 
@@ -98,12 +99,12 @@ def bench_speed(model, x, repeats, batch_size) -> list[dict]:
                      "target_s": target, "met": (med < target) if target else None})
         print(f"{label:<66} {med:6.2f} s  runs {', '.join(f'{t:.2f}' for t in times)}", flush=True)
     # what the channels-last layout buys (the same computation in NCHW)
-    capture = E.Capture
+    capture = S.Capture  # the attribution Scorer's Capture
     try:
-        E.Capture = functools.partial(capture, channels_last=False)
+        S.Capture = functools.partial(capture, channels_last=False)
         med, times, _ = timed(lambda: E.occlusion(model, x, patch=16, stride=8, batch_size=batch_size, progress=False), 1)
     finally:
-        E.Capture = capture
+        S.Capture = capture
     rows.append({"method": "occlusion-nchw", "case": "occlusion as above, NCHW layout (for comparison)",
                  "seconds": round(med, 2), "runs": [round(t, 2) for t in times], "target_s": None, "met": None})
     print(f"{'occlusion, NCHW layout (comparison)':<66} {med:6.2f} s", flush=True)
@@ -200,7 +201,7 @@ def compare_references(model, x, batch_size) -> list[dict]:
 def gallery(model, images: dict) -> None:
     """Example outputs: every method on coffee, a mask of a rendered prototype for two classes,
     top-k examples from the photos, first-layer filters."""
-    from fvis.inspect import activation_maps, activation_sheet, filter_view, save_top_k, top_k
+    from fvis.inspection import activation_maps, activation_sheet, filter_view, save_top_k, top_k
     from fvis.isolate import shared_features
     from fvis.render import render
 

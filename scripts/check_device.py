@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         return f"clean_p {[round(p.metrics['clean_p'], 2) for p in ps]}"
 
     def prototype_maco_images():
-        from fvis.io import save_image
+        from fvis.files import save_image
         from fvis.prototype import make_prototypes
         for i in range(3):
             save_image(x[i % 2], tmp / "ref" / f"967_{i}.png")

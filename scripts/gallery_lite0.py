@@ -13,8 +13,9 @@ from pathlib import Path
 
 import objectives
 import fvis
-from fvis.io import contact_sheet, write_json
-from fvis.render import render, top_classes
+from fvis.files import contact_sheet, write_json
+from fvis.models import top_classes
+from fvis.render import render
 
 GROUPS = {
     "early_blocks.2": [f"channel:_blocks.2:{c}" for c in (0, 3, 7, 11, 16, 21)],

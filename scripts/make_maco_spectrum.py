@@ -8,7 +8,7 @@ import skimage.data
 import torch
 from safetensors.torch import save_file
 
-from fvis.io import load_image
+from fvis.files import load_image
 from fvis.param import natural_magnitude
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]

@@ -11,7 +11,8 @@ import objectives as obj
 import regularizers as reg
 from fvis.attack import attack, quantize, save_attack
 from fvis.cli import main
-from fvis.io import load_image
+from fvis.policies import PerItem, SkipFinalValues
+from fvis.files import load_image
 from fvis.optim import SteepestDescent
 from fvis.param import Perturbation
 
@@ -81,7 +82,7 @@ def test_early_stopped_items_stop_changing(lite0, coffee):
         return torch.tensor([len(calls) >= 3, False])
 
     result = fvis.optimize(lite0, obj.untargeted(label), param, steps=8, lr=1 / 255,
-                           optimizer=lambda ps: SteepestDescent(ps, lr=1 / 255), stop=stop,
+                           optimizer=lambda ps: SteepestDescent(ps, lr=1 / 255), policies=[PerItem(stop)],
                            thresholds=range(1, 9), progress=False)
     frames = [result.snapshots[t] for t in sorted(result.snapshots)]
     assert result.done.tolist() == [True, False] and result.done_step.tolist() == [3, 8]
@@ -107,8 +108,9 @@ def test_skip_done_forwards_only_unfinished_items(lite0, coffee):
 
     try:
         result = fvis.optimize(lite0, obj.untargeted(labels), param, steps=4,
-                               optimizer=lambda ps: SteepestDescent(ps, lr=1 / 255), stop=stop, skip_done=True,
-                               thresholds=range(1, 5), progress=False, final_values=False)
+                               optimizer=lambda ps: SteepestDescent(ps, lr=1 / 255),
+                               policies=[PerItem(stop, skip_done=True), SkipFinalValues()],
+                               thresholds=range(1, 5), progress=False)
     finally:
         handle.remove()
     assert rows == [1, 3, 3, 2, 2]  # dry run on one item, then 3 items until item 1 is done
@@ -140,7 +142,7 @@ def test_keep_best_returns_the_best_iterate(lite0, coffee):
     param = fvis.PixelImage(init=coffee[None, :, :64, :64], batch=2)
     start = param.raw.detach().clone()
     result = fvis.optimize(lite0, obj.class_logit(GOLDFINCH), param, steps=5, optimizer=lambda ps: _Scripted(ps, path),
-                           keep_best=True, progress=False)
+                           policies=[PerItem(keep_best=True)], progress=False)
     candidates = torch.stack([start] + path)  # every iterate, the final one included
     with torch.no_grad():
         scores = torch.stack([lite0(torch.sigmoid(c))[:, GOLDFINCH] for c in candidates])  # (6, B)
@@ -152,11 +154,21 @@ def test_keep_best_returns_the_best_iterate(lite0, coffee):
 
 
 def test_eot_copies_are_averaged_per_item(lite0, coffee):
+    """Each item's objective is the mean of its own copies' values (not their sum, not one copy)."""
+    raw = []
+
+    def logit(acts):
+        raw.append(acts["output"][:, GOLDFINCH].detach().clone())
+        return acts["output"][:, GOLDFINCH]
+
     param = Perturbation(coffee[None, :, :64, :64], 4 / 255, batch=2)
-    result = fvis.optimize(lite0, obj.targeted(GOLDFINCH), param, [reg.TransformRobustness(copies=3)],
-                           steps=2, lr=1 / 255, optimizer=lambda ps: SteepestDescent(ps, lr=1 / 255),
-                           progress=False)
-    assert result.history["objective"].shape == (2, 2) and result.values.shape == (2,)
+    result = fvis.optimize(lite0, obj.Objective(logit, ["output"], "goldfinch"), param,
+                           [reg.TransformRobustness(copies=3)], steps=1, lr=1 / 255, progress=False,
+                           optimizer=lambda ps: SteepestDescent(ps, lr=1 / 255))
+    step = next(r for r in raw if r.shape == (6,))  # the step's forward: 2 items x 3 copies, item-major
+    assert step.view(2, 3).std(1).min() > 0  # the copies differ, so mean, sum and one copy all differ
+    torch.testing.assert_close(result.history["objective"][0], step.view(2, 3).mean(1))
+    assert result.history["objective"].shape == (1, 2) and result.values.shape == (2,)
 
 
 @pytest.mark.parametrize("method,norm,eps", [("mifgsm", "linf", 4 / 255), ("adam", "l2", 1.0)])

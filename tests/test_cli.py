@@ -32,17 +32,29 @@ def test_render_writes_images_json_and_contact_sheet(tmp_path, capsys):
     assert "3 image(s)" in stdout
 
 
-def test_no_channels_last_changes_only_the_layout(tmp_path, capsys):
+def test_no_channels_last_changes_only_the_layout(tmp_path, capsys, monkeypatch):
     import numpy as np
 
+    from fvis.hooks import Capture
+
+    decided, plan = [], Capture.plan
+
+    def recording_plan(self, *args, **kwargs):
+        acts = plan(self, *args, **kwargs)
+        decided.append(self.channels_last)  # the layout forward() really uses from here on
+        return acts
+
+    monkeypatch.setattr(Capture, "plan", recording_plan)
     images = {}
     for flag in ([], ["--no-channels-last"]):
+        decided.clear()
         out = tmp_path / ("nchw" if flag else "auto")
         code, _, err = run(capsys, "render", "--model", "efficientnet-lite0", "-o", "logit:goldfinch", "--size", "64",
                            "--steps", "3", "--seed", "1", "--quiet", *flag, "--out", str(out))
         assert code == 0, err
         meta = json.loads((out / "logit_goldfinch.json").read_text())
         assert meta["settings"]["channels_last"] == ("no" if flag else "auto")
+        assert decided == [not flag]  # auto on the CPU: channels-last; the flag: plain NCHW
         images[bool(flag)] = np.asarray(Image.open(out / "logit_goldfinch.png"), dtype=int)
     assert np.abs(images[True] - images[False]).max() <= 2  # same run up to float rounding
 
@@ -85,3 +97,76 @@ def test_unknown_model_and_bad_numbers(tmp_path, capsys):
         main(["render", "--model", "efficientnet-lite0", "-o", "logit:1", "--steps", "0", "--out", str(tmp_path)])
     assert exc.value.code == 2
     assert "expected a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["attack", "--model", "efficientnet-lite0", "--images", ".", "--untargeted", "--eps", "0", "--out", "x"],
+    ["render", "--model", "efficientnet-lite0", "-o", "logit:1", "--steps", "-5", "--out", "x"],
+    ["render", "--model", "efficientnet-lite0", "-o", "logit:1", "--size", "0", "--out", "x"],
+    ["render", "--out", "x"],
+])
+def test_argument_errors_are_one_line(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.startswith("fvis: error: ") and err.count("\n") == 1  # no usage block
+
+
+def test_help_shows_defaults_and_texts(capsys):
+    with pytest.raises(SystemExit):
+        main(["render", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("--steps STEPS optimization steps (default: 256)", "(default: 0.05)", "--model MODEL",
+                     "--seed SEED random seed", "--out OUT output folder"):
+        assert expected in text
+
+
+def test_models_lists_language_models_too(capsys):
+    code, out, _ = run(capsys, "models")
+    names = [line.split("\t")[0] for line in out.splitlines()]
+    assert code == 0 and {"efficientnet-lite0", "resnet50", "smollm2-135m", "gpt2"} <= set(names)
+
+
+def test_unknown_language_model_fails_at_once_with_close_names(tmp_path, capsys):
+    code, _, err = run(capsys, "invert", "--model", "smollm-135m", "--target", "x", "--out", str(tmp_path))
+    assert code == 2 and "unknown language model 'smollm-135m'. Did you mean: smollm2-135m" in err
+    assert err.count("\n") == 1
+
+
+FACTORY = '''
+import torch
+from torch import nn
+
+import fvis
+
+
+def make():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+
+
+def wrapped():
+    return fvis.wrap(make(), mean=[0.5] * 3, std=[0.25] * 3, input_size=(20, 24), class_names=list("abcde"))
+'''
+
+
+def test_model_from_a_factory_in_the_current_folder(tmp_path, capsys, monkeypatch):
+    (tmp_path / "mynets.py").write_text(FACTORY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    code, _, err = run(capsys, "render", "--model", "mynets:make", "-o", "channel:0:1", "--size", "32",
+                       "--steps", "2", "--quiet", "--mean", "0.5,0.5,0.5", "--std", "0.2,0.2,0.2", "--out", "a")
+    assert code == 0, err
+    assert json.loads((tmp_path / "a" / "channel_0_1.json").read_text())["model"] == "mynets:make"
+    code, out, err = run(capsys, "render", "--model", "mynets:wrapped", "-o", "logit:c", "--steps", "2", "--quiet",
+                         "--out", "b")
+    assert code == 0, err
+    assert Image.open(tmp_path / "b" / "logit_c.png").size == (24, 20)  # the fvis model's own input size
+    code, _, err = run(capsys, "explain", "--model", "mynets:wrapped", "--image", "b/logit_c.png", "-m", "saliency",
+                       "--out", "c")
+    assert code == 0 and (tmp_path / "c" / "saliency.json").is_file(), err
+    for spec, message in [("mynets:nothing", "has no 'nothing'"), ("nomodule:make", "cannot import 'nomodule'")]:
+        code, _, err = run(capsys, "layers", spec)
+        assert code == 2 and message in err
+    code, _, err = run(capsys, "layers", "mynets:wrapped", "--mean", "0,0,0", "--std", "1,1,1")
+    assert code == 2 and "drop --mean/--std/--input-size" in err

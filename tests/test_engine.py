@@ -5,6 +5,7 @@ import torch
 import fvis
 import objectives as obj
 import regularizers as reg
+from fvis.policies import CaptureOptions, PerItem, ProgressBar, SkipFinalValues, Snapshots, TimeLimit
 from fvis.render import render
 
 
@@ -153,3 +154,108 @@ def test_frequency_penalty_prefers_smooth_images():
     assert reg.high_frequency_energy(noisy).item() > 0.5 > reg.high_frequency_energy(smooth).item()
     l1 = reg.L1(1.0).penalty(torch.full((2, 3, 4, 4), 0.75), None)
     assert torch.allclose(l1, torch.tensor([0.25, 0.25]))
+
+
+# step policies, each on its own, on a tiny network (fast) ----------------------------------------
+
+def _toy():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    return fvis.wrap(net, input_size=16, class_names=["a", "b", "c"])
+
+
+def test_per_item_stop_freezes_items_and_reports_when():
+    calls = []
+
+    def stop(acts, values):  # item 1 finishes at step 2
+        calls.append(1)
+        return torch.tensor([False, len(calls) >= 2])
+
+    result = fvis.optimize(_toy(), obj.channel("0", 1), fvis.PixelImage(16, batch=2), steps=5, progress=False,
+                           thresholds=range(1, 6), policies=[PerItem(stop)])
+    assert result.done.tolist() == [False, True] and result.done_step.tolist() == [5, 2]
+    frames = [result.snapshots[t][1] for t in range(1, 6)]
+    assert all(torch.equal(f, frames[0]) for f in frames) and torch.equal(result.input[1], frames[0])
+    assert result.stopped is None and result.steps == 5
+
+
+def test_per_item_stop_for_every_item_ends_the_run():
+    result = fvis.optimize(_toy(), obj.channel("0", 1), fvis.PixelImage(16, batch=2), steps=5, progress=False,
+                           policies=[PerItem(lambda acts, values: torch.ones(2, dtype=torch.bool))])
+    assert result.stopped == "done" and result.steps == 0 and result.done.all()
+
+
+class _Shared(torch.nn.Module):
+    """Two items from one shared parameter (not batch-first)."""
+
+    def __init__(self):
+        super().__init__()
+        self.raw = torch.nn.Parameter(torch.zeros(3, 16, 16))
+
+    def forward(self):
+        return torch.sigmoid(self.raw).expand(2, 3, 16, 16)
+
+    def after_step(self):
+        pass
+
+
+def test_per_item_needs_batch_first_parameters():
+    with pytest.raises(fvis.FvisError, match="batch-first"):
+        fvis.optimize(_toy(), obj.channel("0", 1), _Shared(), steps=2, progress=False,
+                      policies=[PerItem(keep_best=True)])
+
+
+def test_snapshots_are_copies_at_the_given_steps():
+    image = fvis.PixelImage(16)
+    result = fvis.optimize(_toy(), obj.channel("0", 1), image, steps=4, progress=False,
+                           policies=[Snapshots([2, 4, 9])])
+    assert sorted(result.snapshots) == [2, 4] and torch.equal(result.snapshots[4], result.input)
+    assert not torch.equal(result.snapshots[2], result.snapshots[4])
+
+
+def test_time_limit_stops_before_a_step_that_would_overrun():
+    clock = iter(range(100))  # each reading one "second" later
+    result = fvis.optimize(_toy(), obj.channel("0", 1), fvis.PixelImage(16), steps=50, progress=False,
+                           policies=[TimeLimit(5, clock=lambda: next(clock))])
+    # readings 0 (start), 1, 2, ...: after step n, n s elapsed at 1 s/step; step n + 1 would end at n + 1 > 5 for n = 5
+    assert result.stopped == "time" and result.steps == 5
+    with pytest.raises(fvis.FvisError, match="time limit"):
+        TimeLimit(0)
+
+
+def test_progress_bar_counts_completed_steps_only():
+    bar = ProgressBar(disable=False)
+    result = fvis.optimize(_toy(), obj.channel("0", 1), fvis.PixelImage(16), steps=6, progress=False,
+                           policies=[bar, TimeLimit(3, clock=iter(range(100)).__next__)])
+    assert bar.bar.n == result.steps == 3  # the bar and the result agree
+
+
+def test_capture_options_set_layout_and_truncation(monkeypatch):
+    from fvis.hooks import Capture
+
+    seen = []
+    init = Capture.__init__
+    monkeypatch.setattr(Capture, "__init__", lambda self, *a, **k: (seen.append(k), init(self, *a, **k))[1])
+    fvis.optimize(_toy(), obj.channel("0", 1), fvis.PixelImage(16), steps=1, progress=False,
+                  policies=[CaptureOptions(channels_last=False, truncate=False)])
+    assert seen == [{"channels_last": False, "truncate": False}]
+
+
+def test_skip_final_values():
+    model, objective = _toy(), obj.channel("0", 1)
+    assert fvis.optimize(model, objective, fvis.PixelImage(16), steps=2, progress=False,
+                         policies=[SkipFinalValues()]).values is None
+    kept = fvis.optimize(model, objective, fvis.PixelImage(16, batch=2), steps=2, progress=False,
+                         policies=[SkipFinalValues(), PerItem(keep_best=True)])  # keep_best must measure
+    assert kept.values.shape == (2,)
+
+
+def test_search_optimizers_meet_the_protocol():
+    from fvis.invert import GCG, SnapSearch
+    from fvis.optim import SearchOptimizer
+
+    params = [torch.zeros(1, requires_grad=True)]
+    assert isinstance(GCG(params, param=None), SearchOptimizer)
+    assert isinstance(SnapSearch(params, param=None, lr=0.1), SearchOptimizer)
+    assert not isinstance(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1), SearchOptimizer)

@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import functional as F
 
 from fvis.cli import main
 from fvis.entangle import entanglement, ranked_pairs
-from fvis.io import load_image
+from fvis.files import load_image
 
 # Lite0's top-1 on these skimage photos (checked: espresso 0.94, Egyptian cat 0.39, missile 0.28)
 PHOTOS = {967: "coffee", 285: "chelsea", 657: "rocket"}

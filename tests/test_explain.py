@@ -17,7 +17,7 @@ import objectives as obj
 from fvis import explain as E
 from fvis.cli import main
 from fvis.errors import FvisError
-from fvis.inspect import activation_maps, filter_view, first_conv, top_k
+from fvis.inspection import activation_maps, filter_view, first_conv, top_k
 import fvis.baselines
 from fvis.isolate import isolate, shared_features
 
@@ -246,7 +246,7 @@ def photo_folder(tmp_path_factory, coffee):
     """Four photos and one unreadable .jpg (plus a .txt that is not an image)."""
     from skimage import data
 
-    from fvis.io import save_image
+    from fvis.files import save_image
 
     folder = tmp_path_factory.mktemp("photos")
     for name in ("astronaut", "chelsea", "rocket"):
@@ -267,7 +267,7 @@ def test_topk_skips_unreadable_files_and_ranks_by_activation(lite0, photo_folder
     assert scores == sorted(scores, reverse=True)
     # the ranking is that of the channel objective the renderer maximizes, image by image
     from fvis.hooks import Capture, frozen
-    from fvis.io import load_image
+    from fvis.files import load_image
 
     direct = {}
     with frozen(lite0), torch.no_grad(), Capture(lite0, ["_blocks.8"]) as cap:

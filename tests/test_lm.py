@@ -135,8 +135,9 @@ def test_gcg_step_scores_candidates_and_keeps_one_hot(smol):
     allowed = allowed_tokens(smol, " Paris")
     param = OneHotTokens(smol, length=1, restarts=2, allowed=allowed, seed=0)
     import fvis
+    from fvis.policies import PerItem
 
-    res = fvis.optimize(ctx, lang.target_logprob(target), param, steps=2, progress=False, keep_best=True,
+    res = fvis.optimize(ctx, lang.target_logprob(target), param, steps=2, progress=False, policies=[PerItem(keep_best=True)],
                         optimizer=lambda ps: GCG(ps, param, topk=16, candidates=8, seed=0))
     assert torch.equal(param.onehot.sum(-1), torch.ones(2, 1)) and set(param.onehot.unique().tolist()) == {0.0, 1.0}
     assert all(bool(allowed[i]) for i in param.ids().flatten().tolist())

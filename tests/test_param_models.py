@@ -7,7 +7,7 @@ from torch import nn
 
 import fvis
 from fvis.errors import FvisError
-from fvis.io import load_image, save_image
+from fvis.files import load_image, save_image
 from fvis.models import IMAGENET_STD, LITE_MEAN
 
 

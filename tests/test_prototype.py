@@ -11,7 +11,7 @@ import regularizers as reg
 from fvis.cli import main
 from fvis.errors import FvisError
 from fvis.hooks import Capture, frozen
-from fvis.io import load_image, save_image
+from fvis.files import load_image, save_image
 from fvis.param import MacoImage, natural_magnitude, resample_magnitude
 from fvis.prototype import balance, make_prototypes, prototype_stem
 from fvis.reference import reference_stats

@@ -128,17 +128,20 @@ def test_recipe_settings_are_checked_once_with_clear_errors(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_raises_its_class_on_real_lite0(lite0, coffee, tmp_path, name):
-    with torch.no_grad():
-        chance = lite0(torch.full((1, 3, 128, 128), 0.5)).softmax(1)[0, 94].item()
+    start = torch.full((1, 3, 128, 128), 0.5)
     extra = {}
-    if name == "accentuate":
+    if name == "accentuate":  # starts from the coffee photo: the class must rise far above its p there
         save_image(coffee, tmp_path / "seed.png")
         extra = {"init": f"image:{tmp_path / 'seed.png'}"}
+        start = torch.nn.functional.interpolate(coffee[None], size=(128, 128), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        before = lite0(start).softmax(1)[0, 94].item()
     protos = make_prototypes(lite0, ["hummingbird"], recipe=name, steps=16, size=128, heldout=0, progress=False,
                              **extra)
     p = protos[0]
     assert p.settings["recipe"] == name and p.image.shape == (3, 128, 128)
-    assert p.metrics["clean_p"] > max(0.2, 50 * chance), (name, p.metrics["clean_p"])
+    floor = 0.0 if name == "accentuate" else 0.2  # 16 steps turn a grey start, not a photo, into the class
+    assert p.metrics["clean_p"] > max(floor, 50 * before), (name, before, p.metrics["clean_p"])
     assert len(p.history["objective"]) == 16
     assert set(p.metrics["naturalness"]) >= set(photo_ranges())
 

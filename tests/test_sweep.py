@@ -212,3 +212,11 @@ def test_bad_config_is_one_line_and_writes_nothing(config, capsys, tmp_path, ren
     assert code == 2 and err.count("\n") == 1 and err.startswith("fvis: error: "), err
     assert message in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.toml"] and renders == []
+
+
+def test_logit_items_are_named_alike_by_index_or_by_name():
+    from fvis.classes import imagenet_classes
+    from fvis.sweep import _named_logit
+
+    assert _named_logit(94, imagenet_classes()).name == _named_logit("hummingbird", imagenet_classes()).name \
+        == "logit:94:hummingbird"

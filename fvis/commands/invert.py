@@ -1,0 +1,65 @@
+"""``fvis invert``: find a prompt that makes a language model emit TEXT (or drives a neuron)."""
+from __future__ import annotations
+
+import objectives.language as lang
+
+from ..errors import FvisError
+from ..files import check_writable
+from ..invert import invert, print_summary
+from ..lm import load_lm
+from ._args import add_run_args
+
+HELP = "find a prompt that makes a language model emit TEXT (or drives a neuron)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="smollm2-135m (offline), gpt2... (hub), a model folder or .gguf file")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--target", metavar="TEXT", help="the text the model should emit next")
+    what.add_argument("--neuron", metavar="LAYER:INDEX", help="mlp.L:I | resid.L:I | MODULE:I (see fvis layers)")
+    parser.add_argument("--position", default="last", help="neuron position: last | all | an index (default: last)")
+    parser.add_argument("--length", type=int, default=3, help="prompt tokens K (default 3)")
+    parser.add_argument("--restarts", type=int, default=1, help="prompts optimized together (default 1)")
+    parser.add_argument("--steps", type=int, default=200, help="optimization steps")
+    parser.add_argument("--method", choices=["embed", "gcg"], default="embed", help="optimization method")
+    parser.add_argument("--snap", choices=["cosine", "l2"], default=None, help="nearest-token metric (default l2)")
+    parser.add_argument("--snap-weight", type=float, default=None, help="snapping penalty weight (default 0)")
+    parser.add_argument("--lr", type=float, default=None, help="embed step size (default 10, normalized steps)")
+    parser.add_argument("--prefix", default="", help="fixed text before the prompt")
+    parser.add_argument("--suffix", default="", help="fixed text after the prompt")
+    parser.add_argument("--init", metavar="TEXT", help="start the first restart from this text (K tokens)")
+    parser.add_argument("--ascii-only", action="store_true", help="printable ASCII tokens only")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop after S seconds")
+    add_run_args(parser)
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def run(args) -> None:
+    """``fvis invert``: run :func:`invert`, write ``DIR/result.json``, print the best prompts."""
+    if args.length < 1:
+        raise FvisError(f"--length must be >= 1, got {args.length}")
+    if args.restarts < 1 or args.steps < 1:
+        raise FvisError(f"--restarts and --steps must be >= 1, got {args.restarts} and {args.steps}")
+    if args.target is not None and not args.target:
+        raise FvisError("--target is empty")
+    out = check_writable(args.out)
+    lm = load_lm(args.model, device=args.device)
+    objective = None
+    if args.neuron:
+        position = args.position if args.position in lang.POSITIONS else _int(args.position, "--position")
+        objective = lang.parse_neuron(lm, args.neuron, position)
+    inv = invert(lm, args.target, objective=objective, length=args.length, restarts=args.restarts,
+                 steps=args.steps, method=args.method, snap=args.snap, prefix=args.prefix, suffix=args.suffix,
+                 init=args.init, ascii_only=args.ascii_only, seed=args.seed, lr=args.lr,
+                 snap_weight=args.snap_weight, time_limit=args.time_limit, progress=not args.quiet)
+    (out / "result.json").write_text(inv.to_json(), encoding="utf-8")
+    print_summary(inv)
+    extra = f"; random prompts' median {inv.baseline:.4g}" if inv.baseline is not None else ""
+    print(f"{inv.settings['method']}: {inv.steps} steps, {inv.seconds:.1f} s{extra} -> {out}/result.json")
+
+
+def _int(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise FvisError(f"{flag} must be 'last', 'all' or an integer, got {text!r}") from None

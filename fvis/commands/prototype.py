@@ -1,0 +1,75 @@
+"""``fvis prototype``: class prototypes by a named recipe (+ metrics, naturalness, contact sheet)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..classes import resolve_class
+from ..errors import FvisError
+from ..files import check_writable, list_images
+from ..models import load
+from ..prototype import make_prototypes, save_prototypes
+from ..recipes import DEFAULT as DEFAULT_RECIPE, RECIPES, get_recipe
+from ._args import MODEL_HELP, add_model_args, add_run_args, load_model, nonnegative_int, positive_int, size
+
+HELP = "class prototypes by a named recipe (+ metrics, naturalness, contact sheet)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
+    parser.add_argument("--classes", required=True, metavar="C,C,...", help="class indices and/or names, e.g. 94,291,hummingbird")
+    parser.add_argument("--recipe", default=None, metavar="NAME",
+                        help=f"{' | '.join(RECIPES)} (default {DEFAULT_RECIPE}); the flags below override its settings")
+    parser.add_argument("--per-class", type=positive_int, default=1, metavar="K", help="prototypes per class (diverse)")
+    parser.add_argument("--steps", type=positive_int, help="optimization steps (recipe's: 512, accentuate 256)")
+    parser.add_argument("--match", metavar="bn|images:DIR|seed|none", help="natural-activation source")
+    parser.add_argument("--match-stat", choices=["moments", "sorted"], help="match mean/std or whole sorted distributions")
+    parser.add_argument("--match-over", choices=["item", "batch"], help="statistics of each image or of the whole batch")
+    parser.add_argument("--match-ratio", type=float, help="matching gradient norm / objective's at the start")
+    parser.add_argument("--match-layers", help="per-block | all | LAYER,LAYER,...")
+    parser.add_argument("--param", choices=["fourier", "maco", "pixel"], help="input parameterization")
+    parser.add_argument("--reference", type=Path, metavar="DIR", help="images for the MACO amplitude spectrum")
+    parser.add_argument("--init", metavar="random|equidistant|image:PATH", help="start (image:PATH: accentuate a photo)")
+    parser.add_argument("--coarse", type=float, help="share of steps at half resolution (coarse-to-fine)")
+    parser.add_argument("--flip", type=float, help="probability of mirroring in the transforms")
+    parser.add_argument("--high-freq", type=float, help="weight of the high-frequency share penalty")
+    parser.add_argument("--tv", type=float, help="weight of the total-variation penalty")
+    parser.add_argument("--l2", type=float, help="weight of the L2 prior (distance from grey)")
+    parser.add_argument("--diversity", type=float, default=None, help="within-class diversity weight (default 50 when K > 1)")
+    parser.add_argument("--size", type=size, help="image size N or HxW (default: the model's input size)")
+    parser.add_argument("--lr", type=float, help="learning rate (recipe's: 0.05)")
+    parser.add_argument("--evaluators", default="", metavar="M2,M3", help="independent models for the transfer metric")
+    parser.add_argument("--heldout", type=nonnegative_int, default=32, metavar="N", help="held-out transforms for robustness")
+    add_run_args(parser)
+    add_model_args(parser)
+
+
+def run(args) -> None:
+    layers = args.match_layers
+    if layers is not None and layers not in ("per-block", "all"):
+        layers = layers.split(",")
+    recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(  # every check of the settings, before any work
+        steps=args.steps, match=args.match, match_stat=args.match_stat, match_over=args.match_over,
+        match_ratio=args.match_ratio, match_layers=layers, param=args.param, init=args.init, coarse=args.coarse,
+        flip=args.flip, high_freq=args.high_freq, tv=args.tv, l2=args.l2, lr=args.lr, diversity=args.diversity)
+    if recipe.match.startswith("images:"):
+        list_images(recipe.match.split(":", 1)[1])  # the folder exists and holds images
+    if args.reference is not None:
+        list_images(args.reference)
+    out = check_writable(args.out)
+    model = load_model(args)
+    classes = [resolve_class(c.strip(), model.class_names) for c in args.classes.split(",") if c.strip()]
+    if not classes:
+        raise FvisError("--classes is empty")
+    evaluators = [load(name.strip(), device=args.device) for name in args.evaluators.split(",") if name.strip()]
+    protos = make_prototypes(model, classes, recipe=recipe, per_class=args.per_class, size=args.size, seed=args.seed,
+                             reference=args.reference, evaluators=evaluators, heldout=args.heldout,
+                             progress=not args.quiet)
+    save_prototypes(protos, out)
+    print(f"{'image':<32} {'clean_p':>7} {'robust':>6} {'transfer':>8} {'hfer':>6} {'natural':>7}")
+    fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+    for p in protos:
+        m, n = p.metrics, p.metrics["naturalness"]
+        print(f"{p.stem + '.png':<32} {fmt(m['clean_p']):>7} {fmt(m['robustness']):>6} {fmt(m['transfer']):>8} "
+              f"{fmt(m['hfer']):>6} {n['natural_in_range']:>4}/{n['natural_total']}")
+    print(f"{len(protos)} prototype(s) in {out}/ (recipe {recipe.name}, {protos[0].seconds:.1f} s each; "
+          f"index.json, contact_sheet.png)")

@@ -1,0 +1,51 @@
+"""``fvis render``: render objectives (one batch item each) into a folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import objectives
+
+from ..files import check_writable
+from ..render import render, save_renders
+from ._args import MODEL_HELP, add_model_args, load_model, positive_int, size
+
+HELP = "render objectives (one batch item each) into a folder"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
+    parser.add_argument("--objective", "-o", action="append", required=True, metavar="SPEC",
+                        help="channel:LAYER:C | neuron:LAYER:C[:X:Y] | layer:LAYER | logit:C (repeatable)")
+    parser.add_argument("--param", choices=["fourier", "pixel"], default="fourier", help="input parameterization")
+    parser.add_argument("--size", type=size, help="image size N or HxW (default: the model's input size)")
+    parser.add_argument("--steps", type=positive_int, default=256, help="optimization steps")
+    parser.add_argument("--lr", type=float, default=0.05, help="learning rate (Adam step size)")
+    parser.add_argument("--optimizer", choices=["adam", "adamw", "nadam", "sgd", "rmsprop"], default="adam", help="optimizer")
+    parser.add_argument("--decay-power", type=float, default=1.0, help="Fourier spectrum decay (higher = smoother)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes on the CPU)")
+    parser.add_argument("--no-transforms", action="store_true", help="no transformation robustness")
+    parser.add_argument("--no-channels-last", action="store_true",
+                        help="feed the model plain NCHW input (default on the CPU: channels-last, when the model takes it)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
+    add_model_args(parser)
+
+
+def run(args) -> None:
+    out = check_writable(args.out)
+    model = load_model(args)
+    objs = [objectives.parse(spec, model.class_names) for spec in args.objective]
+    settings = {"param": args.param, "size": list(args.size or model.input_size), "steps": args.steps,
+                "lr": args.lr, "optimizer": args.optimizer, "decay_power": args.decay_power,
+                "seed": args.seed, "transforms": not args.no_transforms, "weights": args.weights,
+                "device": args.device, "channels_last": "no" if args.no_channels_last else "auto"}
+    result = render(model, objs, param=args.param, size=args.size, steps=args.steps, lr=args.lr,
+                    seed=args.seed, transforms=not args.no_transforms, decay_power=args.decay_power,
+                    optimizer=args.optimizer, progress=not args.quiet,
+                    channels_last=False if args.no_channels_last else None)
+    save_renders(result, model, args.objective, out, settings)
+    for spec, value in zip(args.objective, result.values):
+        print(f"{spec}\tobjective {float(value):.4g}")
+    note = f", stopped early: {result.stopped}" if result.stopped else ""
+    print(f"{len(objs)} image(s) in {out}/ ({result.steps} steps, {result.seconds:.1f} s, "
+          f"{result.seconds_per_step:.3f} s/step{note})")
