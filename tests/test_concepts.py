@@ -321,7 +321,7 @@ def test_controlled_experiment_planted_concept_is_significant_others_are_not(tmp
 def _cli(argv):
     import argparse
 
-    from fvis.concepts import cli
+    from fvis.commands import tcav as cli
 
     p = argparse.ArgumentParser(prog="fvis tcav")
     cli.add_arguments(p)
@@ -332,7 +332,7 @@ def test_cli_tcav_run_and_explain(tiny, tmp_path, monkeypatch, capsys):
     import csv
     import json
 
-    monkeypatch.setattr(fvis, "load", lambda name, weights=None, device="cpu": tiny)
+    monkeypatch.setattr("fvis.commands.tcav.load_model", lambda args: tiny)
     cls = C.save_folder(backgrounds(6, 1), tmp_path / "class")
     photos = C.save_folder(backgrounds(5, 4), tmp_path / "photos")
     red = C.save_folder(C.colour("red", 8, S, 3), tmp_path / "red")
@@ -361,7 +361,7 @@ def test_cli_tcav_run_and_explain(tiny, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_bad_inputs(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(fvis, "load", lambda name, weights=None, device="cpu": tiny)
+    monkeypatch.setattr("fvis.commands.tcav.load_model", lambda args: tiny)
     cls = C.save_folder(backgrounds(4, 1), tmp_path / "class")
     few = C.save_folder(C.colour("red", 3, S), tmp_path / "few")
     base = ["--model", "tiny", "--layer", "2", "--target", "1", "--class-images", str(cls), "--random", str(cls),

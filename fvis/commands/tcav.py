@@ -1,7 +1,5 @@
 """``fvis tcav``: TCAV from the command line, and concept sensitivity of new images with saved CAVs.
 
-Wire-up (the lead's registry): ``add_arguments(subparsers.add_parser("tcav", help=...))`` and
-``run(args)`` as the command; errors are :class:`fvis.errors.FvisError` (one line, exit 2).
 
 Outputs of a TCAV run in ``--out``:
 
@@ -25,10 +23,18 @@ from __future__ import annotations
 import argparse
 import csv
 import io as _io
-import sys
 from pathlib import Path
 
+from ..concepts import synthetic
+from ..concepts.cavfile import load_cavs, sensitivity
+from ..concepts.synthetic import random_crops
+from ..concepts.tcav import tcav
+from ..datasets import warnings_as_lines
 from ..errors import FvisError
+from ..files import atomic_write, check_writable, list_images, versions, write_json
+from ._args import MODEL_HELP, add_model_args, load_model
+
+HELP = "TCAV: concept sensitivity of a class, significance-tested; --explain for new images"
 
 CSV_COLUMNS = ("concept", "layer", "target", "target_name", "score_mean", "score_std", "magnitude_mean",
                "p_value", "p_value_runs", "p_value_sets", "p_corrected", "significant", "cav_accuracy",
@@ -36,9 +42,8 @@ CSV_COLUMNS = ("concept", "layer", "target", "target_name", "score_mean", "score
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model name (fvis models)")
-    p.add_argument("--weights", default=None, help="local state dict for the named architecture")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    add_model_args(p)
     p.add_argument("--layer", default=None, help="layer name(s), comma-separated (fvis layers MODEL)")
     p.add_argument("--target", default=None, help="class index or name")
     p.add_argument("--class-images", default=None, help="folder of images of the target class")
@@ -65,7 +70,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _concepts(specs, model, count: int, seed: int) -> dict:
-    from . import synthetic
 
     out = {}
     for spec in specs:
@@ -87,8 +91,6 @@ def _concepts(specs, model, count: int, seed: int) -> dict:
 
 
 def _random_pool(args, model, concepts: dict, say):
-    from ..io import list_images
-    from .synthetic import random_crops
 
     files = list_images(args.random)
     sizes = [len(list_images(v)) if isinstance(v, Path) else len(v) for v in concepts.values()]
@@ -103,15 +105,11 @@ def _random_pool(args, model, concepts: dict, say):
 
 
 def run(args) -> None:
-    from ..datasets import warnings_as_lines
-
     with warnings_as_lines():  # skipped files, low CAV accuracy: one "fvis: warning: ..." line each
         _run(args)
 
 
 def _run(args) -> None:
-    import fvis
-
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     if args.explain is not None:
         return _explain(args, say)
@@ -121,11 +119,8 @@ def _run(args) -> None:
         missing.append("--concept")
     if missing:
         raise FvisError(f"fvis tcav needs {', '.join(missing)} (or --explain IMAGE --cavs DIR)")
-    from ..io import check_writable, versions, write_json
-    from .tcav import tcav
-
     out = check_writable(args.out)
-    model = fvis.load(args.model, weights=args.weights, device=args.device)
+    model = load_model(args)
     layers = [l.strip() for l in args.layer.split(",") if l.strip()]
     concepts = _concepts(args.concept, model, args.synthetic_count, args.seed)
     if not Path(args.class_images).is_dir():
@@ -150,14 +145,12 @@ def _run(args) -> None:
 
 
 def _write_csv(records, path: Path) -> None:
-    from ..io import _atomic_write
-
     buf = _io.StringIO()
     w = csv.DictWriter(buf, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in records:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    _atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
 def table(result) -> str:
@@ -177,8 +170,6 @@ def plot_tcav(result, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..io import _atomic_write
 
     layers = list(result.random)
     names = list(dict.fromkeys(r.concept for r in result.results))
@@ -211,22 +202,17 @@ def plot_tcav(result, path: Path) -> Path:
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return _atomic_write(Path(path), lambda f: f.write(buf.getvalue()))
+    return atomic_write(Path(path), lambda f: f.write(buf.getvalue()))
 
 
 def _explain(args, say) -> None:
-    import fvis
-
-    from ..io import check_writable, write_json
-    from .cavfile import load_cavs, sensitivity
-
     if not args.cavs:
         raise FvisError("--explain needs --cavs DIR|FILE (the cavs.safetensors of a TCAV run)")
     cs = load_cavs(args.cavs)
     out = check_writable(args.out) if args.out else None
     if not Path(args.explain).exists():
         raise FvisError(f"--explain: not found: {args.explain}")
-    model = fvis.load(args.model, weights=args.weights, device=args.device)
+    model = load_model(args)
     sens = sensitivity(model, args.explain, cs, target=args.target)
     say(f"concept sensitivity of {sens.target_name!r} (directional derivative along each CAV, mean over runs; "
         f"share of runs > 0)")
@@ -251,8 +237,6 @@ def plot_explain(sens, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import _atomic_write
-
     keep = [j for j, e in enumerate(sens.entries) if not e["random"]]
     labels = [f"{sens.entries[j]['concept']} @ {sens.entries[j]['layer']}" for j in keep]
     share = sens.positive_share[:, keep].T.numpy()  # (concepts, images)
@@ -271,21 +255,4 @@ def plot_explain(sens, path: Path) -> Path:
     buf = _io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return _atomic_write(Path(path), lambda f: f.write(buf.getvalue()))
-
-
-def main(argv=None) -> int:
-    """Stand-alone entry point until the command is registered: ``python -m fvis.concepts.cli ...``."""
-    p = argparse.ArgumentParser(prog="fvis tcav")
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        run(args)
-    except FvisError as e:
-        print(f"fvis: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return atomic_write(Path(path), lambda f: f.write(buf.getvalue()))
