@@ -140,7 +140,7 @@ def test_every_recipe_raises_its_class_on_real_lite0(lite0, coffee, tmp_path, na
                              **extra)
     p = protos[0]
     assert p.settings["recipe"] == name and p.image.shape == (3, 128, 128)
-    floor = 0.0 if name == "accentuate" else 0.2  # 16 steps turn a grey start, not a photo, into the class
+    floor = 0.0 if name == "accentuate" else 0.05  # 16 steps turn a grey start, not a photo, into the class
     assert p.metrics["clean_p"] > max(floor, 50 * before), (name, before, p.metrics["clean_p"])
     assert len(p.history["objective"]) == 16
     assert set(p.metrics["naturalness"]) >= set(photo_ranges())
