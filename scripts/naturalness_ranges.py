@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
         outside = float(((f < lo) | (f > hi)).float().mean())
         kept = outside >= args.keep
         if kept:
-            ranges[name] = [round(lo, 4), round(hi, 4)]
+            ranges[name] = [math.floor(lo * 1e4) / 1e4, math.ceil(hi * 1e4) / 1e4]  # outward: photos stay inside
         lines.append(f"| {name} | {lo:.3f} | {float(p.median()):.3f} | {hi:.3f} | {float(f.median()):.3f} | "
                      f"{outside:.2f} | {'yes' if kept else 'no'} |")
     table = "\n".join(lines)
