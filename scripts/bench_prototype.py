@@ -1,15 +1,26 @@
-"""Prototype quality benchmark (issue 3): Lucent's recipe vs fvis prototypes with each
-activation-matching source, on the same classes and seeds, EfficientNet-Lite0 generating,
-Lite1 and Lite2 evaluating. Prints and writes results/prototype/bench_prototype.{md,json} and one
-contact sheet per recipe.
+"""Prototype recipes side by side (issue 17): EfficientNet-Lite0 generating, Lite1 and Lite2
+judging, on 20 classes that no recipe was tuned on, at equal wall time per prototype.
 
-    python scripts/bench_prototype.py                       # 20 classes, 512 steps (CPU: long)
-    python scripts/bench_prototype.py --classes 4 --steps 64 --out /tmp/quick   # smoke run
+Per recipe: clean p, robustness, transfer, transfer under the held-out transforms, HFER, the
+naturalness statistics (share of images inside the offline photos' range), seconds per prototype,
+one labelled contact sheet, and a blind-test folder (unlabelled images in shuffled order, 30
+candidate names per image; the answer key is kept apart). Writes results/prototype/.
+
+    python scripts/bench_prototype.py --seconds 30                  # ~30 s of CPU per prototype
+    python scripts/bench_prototype.py --classes 4 --seconds 3 --out /tmp/quick   # smoke run
+
+``vital`` matches the sorted activations of the offline photos' crops (real images, as VITAL does);
+``accentuate`` starts from a crop of grace_hopper.jpg (a photo of none of the classes).
+
+Steps per recipe = (the time budget - the recipe's fixed set-up) / its seconds per step, both
+measured on short timed runs of the same batch first (so costlier recipes get fewer steps, as a
+user with a deadline would).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import tempfile
 import time
@@ -18,118 +29,127 @@ from pathlib import Path
 import torch
 
 import fvis
+from fvis.classes import imagenet_classes
 from fvis.io import contact_sheet, save_image, write_json
+from fvis.naturalness import photo_ranges
 from fvis.prototype import make_prototypes
+from fvis.recipes import RECIPES
+from photos import LABELS, photo_crops
 
-# 20 classes spread across ImageNet (birds, mammals, insects, objects, food, scenes)
-CLASSES = [11, 94, 130, 207, 281, 292, 301, 323, 340, 107, 404, 437, 483, 555, 963, 949, 950, 980, 985, 967]
-
-RECIPES = {  # name -> make_prototypes options (extend with --recipe NAME:key=value,key=value)
-    "lucent": dict(match="none", init="random", tv=0.0, high_freq=0.0),   # Fourier + standard transforms
-    "fvis-none": dict(match="none"),                                       # fvis defaults without matching
-    "fvis-bn": dict(match="bn"),
-    "fvis-images": dict(match="images:{reference}"),
-    "fvis-maco-bn": dict(match="bn", param="maco"),
-}
+ROOT = Path(__file__).resolve().parents[1]
+# 20 classes nobody tuned on (the recipes were tried on 11, 130, 301, 340, 555, 963, 980, 985)
+CLASSES = [1, 9, 22, 71, 100, 145, 250, 291, 309, 388, 417, 430, 511, 717, 779, 920, 932, 947, 948, 954]
+SEED_PHOTO = "grace_hopper_00"  # the accentuation recipe's start (a photo of no class above)
 
 
 def reference_folder(folder: Path) -> Path:
-    """Natural reference images from the offline sample photos: crops and flips of each."""
-    import matplotlib
-    import skimage.data
-    from torchvision.transforms.v2 import functional as F
-
-    photos = {n: torch.from_numpy(getattr(skimage.data, n)().copy())[..., :3].permute(2, 0, 1).float() / 255
-              for n in ("astronaut", "chelsea", "coffee", "rocket")}
-    photos["grace_hopper"] = fvis.io.load_image(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
-    labels = {"chelsea": 285, "coffee": 967, "rocket": 657}  # Lite0's reading of these photos
-    for name, im in photos.items():
-        for i, side in enumerate((224, 288, 352)):
-            r = F.resize(im, [side], antialias=True)
-            crop = F.center_crop(r, [224, 224])
-            for flip in (0, 1):
-                stem = f"{labels[name]}_{name}" if name in labels else name
-                save_image(crop.flip(-1) if flip else crop, folder / f"{stem}_{i}{flip}.png")
+    """Natural reference images (crops and mirror images of the offline photos) as PNG files,
+    named ``<class>_<name>`` where Lite0 reads the photo as an ImageNet class."""
+    for stem, crop in photo_crops().items():
+        name = stem.rsplit("_", 1)[0]
+        save_image(crop, folder / (f"{LABELS[name]}_{stem}.png" if name in LABELS else f"{stem}.png"))
     return folder
 
 
-def _value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+def blind_folder(protos, recipe: str, out: Path, keys: Path, seed: int, candidates: int = 30) -> None:
+    """``out/<recipe>/NN.png`` in a seeded shuffled order with ``candidates.txt`` (the true name
+    among ``candidates - 1`` random ImageNet names, sorted); the key goes to ``keys/<recipe>.json``."""
+    rng = random.Random(f"{seed}-{recipe}")
+    order = list(range(len(protos)))
+    rng.shuffle(order)
+    folder = out / recipe
+    lines, key = [], {}
+    for n, i in enumerate(order, 1):
+        p = protos[i]
+        save_image(p.image, folder / f"{n:02d}.png")
+        names = rng.sample([c for j, c in enumerate(imagenet_classes()) if j != p.cls], candidates - 1) + [p.name]
+        lines.append(f"{n:02d}.png: " + "; ".join(sorted(names)))
+        key[f"{n:02d}.png"] = p.name
+    (folder / "candidates.txt").write_text("\n".join(lines) + "\n")
+    write_json(key, keys / f"{recipe}.json")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classes", type=int, default=len(CLASSES), help="how many of the 20 classes")
-    ap.add_argument("--steps", type=int, default=512)
-    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--seconds", type=float, default=30.0, help="wall-time budget per prototype (default 30)")
+    ap.add_argument("--recipes", default="lucent,bn-item,deepinversion,vital,accentuate")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--evaluators", default="efficientnet-lite1,efficientnet-lite2")
+    ap.add_argument("--set", action="append", default=[], metavar="RECIPE:key=value",
+                    help="override one recipe setting, e.g. vital:flip=0 (numbers parsed)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "prototype")
-    ap.add_argument("--recipe", action="append", default=[], metavar="NAME:BASE:k=v,...",
-                    help="an extra recipe: BASE's options with some changed (numbers parsed), e.g. bn3:fvis-bn:match_ratio=3")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "prototype")
     args = ap.parse_args(argv)
-    args.extra = {}
-    for spec in args.recipe:
-        name, base, kv = (spec.split(":", 2) + [""])[:3]
-        RECIPES[name] = dict(RECIPES[base])
-        args.extra[name] = {k: _value(v) for k, v in (p.split("=", 1) for p in kv.split(",") if p)}
-        if name not in args.recipes.split(","):
-            args.recipes += f",{name}"
     classes = CLASSES[:args.classes]
     model = fvis.load("efficientnet-lite0", device=args.device)
     evaluators = [fvis.load(name, device=args.device) for name in args.evaluators.split(",")]
-    reference = reference_folder(Path(tempfile.mkdtemp(prefix="fvis-ref-")))
-    rows, images = [], {}
-    recipe_opts = {}
+    tmp = Path(tempfile.mkdtemp(prefix="fvis-bench-"))
+    reference = reference_folder(tmp / "reference")
+    save_image(photo_crops()[SEED_PHOTO], tmp / "seed.png")
+    overrides: dict[str, dict] = {}
+    for item in args.set:
+        name, kv = item.split(":", 1)
+        key, value = kv.split("=", 1)
+        overrides.setdefault(name, {})[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    rows, sheets = [], {}
     for name in args.recipes.split(","):
-        opts = {k: (v.format(reference=reference) if isinstance(v, str) else v) for k, v in RECIPES[name].items()}
-        opts.update(args.extra.get(name, {}))
-        recipe_opts[name] = opts
-        # untimed warm-up: the first run in a process pays one-off costs (oneDNN kernel set-up, allocator
-        # growth; measured 20-40% of a 128-step run), and images:DIR fills its statistics cache here
-        make_prototypes(model, classes[:1], steps=2, seed=args.seed, heldout=0, cache=reference / ".cache",
-                        progress=False, **opts)
-    for name, opts in recipe_opts.items():
+        opts = {"init": f"image:{tmp / 'seed.png'}"} if RECIPES[name].init.startswith("image:") else {}
+        if name == "vital":  # VITAL matches real images' activations: the offline photos' crops
+            opts["match"] = f"images:{reference}"
+        opts.update(overrides.get(name, {}))
+        # timed probes of the same batch at 8 and 16 steps (after an untimed one that pays one-off costs):
+        # their difference is the per-step cost, the rest the recipe's fixed set-up (statistics, balancing)
+        common = dict(recipe=name, seed=args.seed, cache=tmp / "cache", heldout=0, progress=False, **opts)
+        make_prototypes(model, classes[:1], steps=2, **common)
+        probes = {}
+        for n in (8, 16):
+            t = time.perf_counter()
+            make_prototypes(model, classes, steps=n, **common)
+            probes[n] = time.perf_counter() - t
+        per_step = max(probes[16] - probes[8], 1e-3) / 8
+        fixed = max(probes[8] - 8 * per_step, 0.0)
+        steps = max(8, int((args.seconds * len(classes) - fixed) / per_step))
         t = time.perf_counter()
-        protos = make_prototypes(model, classes, steps=args.steps, seed=args.seed, evaluators=evaluators,
-                                 cache=reference / ".cache", progress=not args.quiet, **opts)
+        protos = make_prototypes(model, classes, steps=steps, recipe=name, seed=args.seed, cache=tmp / "cache",
+                                 evaluators=evaluators, progress=not args.quiet, **opts)
         wall = time.perf_counter() - t
         mean = lambda k: sum(p.metrics[k] for p in protos) / len(protos)  # noqa: E731
-        rows.append({"recipe": name, "clean_p": mean("clean_p"), "robustness": mean("robustness"),
-                     "transfer": mean("transfer"), "hfer": mean("hfer"),
-                     "s_per_prototype": protos[0].seconds, "wall_s": wall, "options": opts,
-                     "match_weight": protos[0].settings["match_weight"],
-                     "per_class": {p.cls: p.metrics for p in protos}})
-        images[name] = protos
+        natural = {k: sum(lo <= p.metrics["naturalness"][k] <= hi for p in protos) / len(protos)
+                   for k, (lo, hi) in photo_ranges().items()}
+        rows.append({"recipe": name, "steps": steps, "clean_p": mean("clean_p"), "robustness": mean("robustness"),
+                     "transfer": mean("transfer"), "transfer_heldout": mean("transfer_heldout"), "hfer": mean("hfer"),
+                     "natural": natural, "s_per_prototype": protos[0].seconds, "wall_s": wall,
+                     "settings": protos[0].settings, "per_class": {p.cls: p.metrics for p in protos}})
+        sheets[name] = protos
         r = rows[-1]
-        print(f"{name:14s} clean_p {r['clean_p']:.3f} robust {r['robustness']:.3f} transfer {r['transfer']:.3f} "
-              f"hfer {r['hfer']:.3f} {r['s_per_prototype']:.2f} s/prototype", flush=True)
-    base = next((r["s_per_prototype"] for r in rows if r["recipe"] == "lucent"), None)
-    lines = [f"EfficientNet-Lite0, {len(classes)} classes {classes}, {args.steps} steps, seed {args.seed}, "
-             f"device {args.device} ({torch.get_num_threads()} threads); evaluators {args.evaluators}; "
-             f"32 held-out transforms.", "",
-             "| recipe | clean_p | robustness | transfer | HFER | s / prototype | time vs lucent |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ratio = f"{r['s_per_prototype'] / base:.2f}x" if base else ""
-        lines.append(f"| {r['recipe']} | {r['clean_p']:.3f} | {r['robustness']:.3f} | {r['transfer']:.3f} | "
-                     f"{r['hfer']:.3f} | {r['s_per_prototype']:.2f} | {ratio} |")
-    table = "\n".join(lines) + "\n"
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_prototype.md").write_text(table + f"\nCommand: python scripts/bench_prototype.py {' '.join(argv or sys.argv[1:])}\n")
-    write_json({"classes": classes, "steps": args.steps, "seed": args.seed, "device": args.device, "rows": rows},
-               args.out / "bench_prototype.json")
-    for name, protos in images.items():
-        contact_sheet([p.image for p in protos],
-                      [f"{p.name} p={p.metrics['clean_p']:.2f} t={p.metrics['transfer']:.1f}" for p in protos],
+        print(f"{name:14s} steps {steps:4d} clean_p {r['clean_p']:.3f} robust {r['robustness']:.3f} "
+              f"transfer {r['transfer']:.3f} held-out {r['transfer_heldout']:.3f} hfer {r['hfer']:.3f} "
+              f"{r['s_per_prototype']:.1f} s/prototype", flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        contact_sheet([p.image for p in protos], [f"{p.name} p={p.metrics['clean_p']:.2f}" for p in protos],
                       args.out / f"{name}.png", columns=10, tile=128)
+        blind_folder(protos, name, args.out / "blind", tmp / "keys", args.seed)
+    stats = list(photo_ranges())
+    lines = [f"EfficientNet-Lite0, {len(classes)} classes {classes} (none used for tuning), seed {args.seed}, "
+             f"{args.seconds:g} s per prototype on {args.device} ({torch.get_num_threads()} threads); evaluators "
+             f"{args.evaluators}; 32 held-out transforms. Naturalness columns: share of images inside the "
+             f"offline photos' range.", "",
+             "| recipe | steps | clean_p | robustness | transfer | transfer held-out | HFER | "
+             + " | ".join(stats) + " | s / prototype |",
+             "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stats) + "---:|"]
+    for r in rows:
+        lines.append(f"| {r['recipe']} | {r['steps']} | {r['clean_p']:.3f} | {r['robustness']:.3f} | "
+                     f"{r['transfer']:.3f} | {r['transfer_heldout']:.3f} | {r['hfer']:.3f} | "
+                     + " | ".join(f"{r['natural'][k]:.2f}" for k in stats) + f" | {r['s_per_prototype']:.1f} |")
+    cmd = "python scripts/bench_prototype.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = "\n".join(lines) + f"\n\nCommand: `{cmd.strip()}`\n"
+    print(table)
+    (args.out / "bench_prototype.md").write_text(table)
+    write_json({"classes": classes, "seconds": args.seconds, "seed": args.seed, "device": args.device,
+                "rows": rows, "answer_keys": str(tmp / "keys")}, args.out / "bench_prototype.json")
+    print(f"blind-test folders in {args.out / 'blind'}; answer keys in {tmp / 'keys'}")
     return 0
 
 
