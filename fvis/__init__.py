@@ -10,7 +10,7 @@ from .allocator import tune_allocator
 from .engine import Result, optimize
 from .errors import FvisError
 from .models import ImageModel, load, wrap
-from .param import FourierImage, PixelImage
+from .params import FourierImage, PixelImage
 
 try:
     __version__ = _version("fvis")

@@ -4,31 +4,17 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .errors import FvisError
 from .hooks import Capture, capturing
 from .naming import unique
+from .optim.protocol import SearchOptimizer
+from .optim.registry import OPTIMIZERS, make_optimizer  # noqa: F401  (engine.OPTIMIZERS: an old path)
 from .policies import Policy, ProgressBar, Run, Snapshots, spread
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-              "nadam": torch.optim.NAdam, "rmsprop": torch.optim.RMSprop}
-
-
-@runtime_checkable
-class SearchOptimizer(Protocol):
-    """An optimizer that scores candidate inputs exactly instead of (only) following the
-    gradient (GCG, snap search). :func:`fvis.optimize` calls ``zero_grad()``, computes the
-    gradient, then ``step(score)`` with ``score(x) -> (N,)``: objective minus penalties of N
-    model inputs. ``scores_inputs`` is ``True``."""
-
-    scores_inputs: bool
-
-    def zero_grad(self, set_to_none: bool = True) -> None: ...
-
-    def step(self, score: Callable[[torch.Tensor], torch.Tensor]) -> None: ...
+__all__ = ["optimize", "Result", "OPTIMIZERS", "make_optimizer", "SearchOptimizer"]  # the last three: old paths
 
 
 @dataclass
@@ -192,18 +178,3 @@ def _score(capture: Capture, objective, regularizers, x: torch.Tensor) -> torch.
             value = value - p
     return value
 
-
-def make_optimizer(optimizer: str | Callable, params, lr: float) -> torch.optim.Optimizer:
-    """An optimizer by name (fused kernels where torch has them) or from a factory ``f(params)``."""
-    if callable(optimizer):
-        return optimizer(params)
-    if optimizer not in OPTIMIZERS:
-        raise FvisError(f"unknown optimizer {optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
-    params = list(params)
-    cls = OPTIMIZERS[optimizer]
-    if cls in (torch.optim.Adam, torch.optim.AdamW):
-        try:
-            return cls(params, lr=lr, fused=True)
-        except (RuntimeError, TypeError, ValueError):  # fused not available for this device/dtype
-            pass
-    return cls(params, lr=lr)

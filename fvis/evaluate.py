@@ -25,7 +25,7 @@ from regularizers import high_frequency_energy
 
 from .errors import FvisError
 from .hooks import Capture, frozen, named_layers, output_shapes
-from .io import _atomic_write, list_images, load_image, write_json
+from .files import atomic_write as _atomic_write, list_images, load_image, write_json
 from .metrics import heldout_predictions
 from .models import ImageModel
 from .naturalness import naturalness, photo_ranges

@@ -16,11 +16,16 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors.torch import load_file, save
+
+from regularizers.distribution import interpolate_quantiles, sorted_values
+
 
 from .datasets import ImageFolder
 from .errors import FvisError
+from .files import atomic_write as _atomic_write
 from .hooks import Capture, frozen
-from .io import _atomic_write
+from .progress import progress_bar
 
 _CLASS_FILE = re.compile(r"^(\d+)_")
 
@@ -44,7 +49,6 @@ def reference_stats(model, folder: str | Path, layers: Sequence[str], *, size=No
     ``{"stats": {layer: {"mean", "std", "target_std"}}, "class_means": {layer: (K, C)},
     "classes": (K,) class indices, "images": N, "cached": bool}``.
     ``cache``: folder for the safetensors file (default :func:`cache_dir`; ``False``: no cache)."""
-    from safetensors.torch import load_file, save
 
     size = tuple(size or model.input_size)
     data = ImageFolder(folder, size, batch_size, channels=getattr(model, "channels", 3))
@@ -65,8 +69,7 @@ def reference_stats(model, folder: str | Path, layers: Sequence[str], *, size=No
     with frozen(model), Capture(model, layers) as cap, torch.no_grad():
         batches = iter(data)
         if progress:
-            from tqdm.auto import tqdm
-            batches = tqdm(batches, total=-(-len(data) // batch_size), desc="reference statistics", leave=False)
+            batches = progress_bar(batches, total=-(-len(data) // batch_size), desc="reference statistics")
         for paths, images in batches:
             acts = cap.forward(images.to(device))
             classes = [int(m.group(1)) if (m := _CLASS_FILE.match(p.name)) else -1 for p in paths]
@@ -114,7 +117,6 @@ def activation_quantiles(model, images: torch.Tensor, layers: Sequence[str], lev
     """``{layer: (C, levels)}``: per-channel quantiles of ``layers``' activations over every
     (subsampled) position of every image in ``images`` ``(N, C, H, W)`` in [0, 1], at the
     mid-point levels of :func:`regularizers.distribution.quantile_levels` (for sorted matching)."""
-    from regularizers.distribution import interpolate_quantiles, sorted_values
 
     device = next(model.parameters()).device
     parts: dict[str, list[torch.Tensor]] = {l: [] for l in layers}

@@ -11,7 +11,7 @@ from .engine import Result, optimize
 from .files import contact_sheet, save_image, versions, write_json
 from .models import ImageModel, top_classes  # noqa: F401  (top_classes: old import path)
 from .naming import slug, unique  # noqa: F401  (slug: old import path)
-from .param import FourierImage, PixelImage
+from .params import FourierImage, PixelImage
 from .policies import CaptureOptions
 
 PARAMS = {"fourier": FourierImage, "pixel": PixelImage}

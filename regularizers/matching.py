@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fvis.errors import FvisError
+from fvis.hooks import named_layers
 
 from .base import Regularizer
 
@@ -126,7 +127,6 @@ def batchnorm_layers(model: nn.Module, which: str = "all") -> list[str]:
     """Names of the model's BatchNorm layers: ``"all"``, or ``"per-block"``: in each parent
     module the narrowest one (fewest channels; the last on ties), e.g. the projection BN that
     ends each EfficientNet block: one layer per block, a fraction of the cost of all."""
-    from fvis.hooks import named_layers
 
     bns = {n: m for n, m in named_layers(model).items() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     if which == "all":
@@ -149,7 +149,6 @@ def batchnorm_stats(model: nn.Module, layers=None, target_std: float = 1.0) -> d
     spread asked for, relative to that population std. Dead channels (``|gamma| < 1e-3`` or
     ``var < 1e-6``) are ignored. ``layers``: BN module names, or ``"all"`` / ``"per-block"``
     (:func:`batchnorm_layers`; default all)."""
-    from fvis.hooks import named_layers
 
     all_layers = named_layers(model)
     bns = {n: m for n, m in all_layers.items() if isinstance(m, nn.modules.batchnorm._BatchNorm)}

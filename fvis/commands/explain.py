@@ -5,15 +5,15 @@ from pathlib import Path
 
 import objectives
 
+from ..attribution import METHODS, check_cam_layer, explain, gap_linear_head, save_attributions
 from ..baselines import make_baseline
 from ..classes import resolve_class
 from ..datasets import warnings_as_lines
 from ..errors import FvisError, suggest
-from ..explain import METHODS, check_cam_layer, explain, save_attributions
 from ..files import check_writable, load_image
 from ._args import MODEL_HELP, add_model_args, add_run_args, load_model, positive_int
 
-HELP = "attribution maps (saliency, IG, Grad-CAM, occlusion, mask...) for one image"
+HELP = "attribution maps (saliency, IG, Grad-CAM, CAM, occlusion, mask...) for one image"
 
 
 def add_arguments(parser) -> None:
@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
                         help="class index or name (default: the top-1 prediction); repeat for several classes")
     parser.add_argument("--objective", "-o", metavar="SPEC", help="explain an objective instead, e.g. channel:_blocks.8:33")
     parser.add_argument("--method", "-m", action="append", required=True, metavar="M",
-                        help="mask|saliency|gradxinput|smoothgrad|ig|gradcam|guided-gradcam|occlusion (repeatable or a,b)")
+                        help="mask|saliency|gradxinput|smoothgrad|ig|gradcam|guided-gradcam|cam|occlusion (repeatable or a,b)")
     parser.add_argument("--layer", help="Grad-CAM layer (default: the last Conv2d)")
     parser.add_argument("--baseline", help="black|gray|blur|noise|mean or a value (defaults: ig black, occlusion 0, mask blur)")
     parser.add_argument("--baseline-images", type=Path, metavar="DIR", help="folder for the mean-image baseline")
@@ -56,6 +56,8 @@ def run(args) -> None:
             raise FvisError(f"unknown method {m!r}.{suggest(m, METHODS)} Choose from {', '.join(METHODS)}")
     if args.objective and args.class_ is not None:
         raise FvisError("give --class or --objective, not both")
+    if args.objective and "cam" in methods:
+        raise FvisError("CAM explains class logits, not objectives; use --method gradcam for an objective")
     out = check_writable(args.out)
     model = load_model(args)
     image = load_image(args.image, model.input_size, model.channels)
@@ -75,6 +77,8 @@ def _run(args, methods, out, model, image) -> None:
         baseline = make_baseline(x, baseline, seed=args.seed, folder=args.baseline_images)
     if any(m in ("gradcam", "guided-gradcam") for m in methods):
         check_cam_layer(model, x, args.layer)
+    if "cam" in methods:  # the head is found by inspection: refuse a model without it before any work
+        gap_linear_head(model)
     options = dict(layer=args.layer, baseline=baseline, baseline_images=args.baseline_images, steps=args.steps,
                    samples=args.samples, noise=args.noise, patch=args.patch, stride=args.stride,
                    batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)

@@ -5,8 +5,7 @@ import objectives.language as lang
 
 from ..errors import FvisError
 from ..files import check_writable
-from ..invert import invert, print_summary
-from ..lm import load_lm
+from ..lm import Budget, Prompt, check_target, invert, load_lm, print_summary, search_method
 from ._args import add_run_args
 
 HELP = "find a prompt that makes a language model emit TEXT (or drives a neuron)"
@@ -36,22 +35,20 @@ def add_arguments(parser) -> None:
 
 def run(args) -> None:
     """``fvis invert``: run :func:`invert`, write ``DIR/result.json``, print the best prompts."""
-    if args.length < 1:
-        raise FvisError(f"--length must be >= 1, got {args.length}")
-    if args.restarts < 1 or args.steps < 1:
-        raise FvisError(f"--restarts and --steps must be >= 1, got {args.restarts} and {args.steps}")
-    if args.target is not None and not args.target:
-        raise FvisError("--target is empty")
+    # the library's settings check every value before the model loads
+    prompt = Prompt(length=args.length, prefix=args.prefix, suffix=args.suffix, init=args.init,
+                    ascii_only=args.ascii_only)
+    budget = Budget(restarts=args.restarts, steps=args.steps, time_limit=args.time_limit)
+    method = search_method(args.method, snap=args.snap, lr=args.lr, snap_weight=args.snap_weight)
+    check_target(args.target)
     out = check_writable(args.out)
     lm = load_lm(args.model, device=args.device)
     objective = None
     if args.neuron:
         position = args.position if args.position in lang.POSITIONS else _int(args.position, "--position")
         objective = lang.parse_neuron(lm, args.neuron, position)
-    inv = invert(lm, args.target, objective=objective, length=args.length, restarts=args.restarts,
-                 steps=args.steps, method=args.method, snap=args.snap, prefix=args.prefix, suffix=args.suffix,
-                 init=args.init, ascii_only=args.ascii_only, seed=args.seed, lr=args.lr,
-                 snap_weight=args.snap_weight, time_limit=args.time_limit, progress=not args.quiet)
+    inv = invert(lm, args.target, objective=objective, prompt=prompt, method=method, budget=budget, seed=args.seed,
+                 progress=not args.quiet)
     (out / "result.json").write_text(inv.to_json(), encoding="utf-8")
     print_summary(inv)
     extra = f"; random prompts' median {inv.baseline:.4g}" if inv.baseline is not None else ""

@@ -7,8 +7,10 @@
 """
 from .activations import compute_activations, compute_gradients
 from .cavfile import CAVSet, Sensitivity, cav_objective, load_cavs, save_cavs, sensitivity
+from .cavs import CAV_METHODS, Problem, fit_cavs, scores
+from .stats import t_test
 from .synthetic import COLOURS, KINDS, colour, concept, random_crops, save_folder, texture
-from .tcav import CAV_METHODS, ConceptResult, Problem, TCAVResult, fit_cavs, scores, t_test, tcav
+from .tcav import ConceptResult, TCAVResult, tcav
 
 __all__ = ["tcav", "TCAVResult", "ConceptResult", "fit_cavs", "Problem", "scores", "t_test", "CAV_METHODS",
            "save_cavs", "load_cavs", "CAVSet", "cav_objective", "sensitivity", "Sensitivity", "compute_activations",

@@ -22,10 +22,14 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import torch
+from safetensors.torch import load_file, save
+from torchvision.transforms.v2 import functional as F
 
+from ..datasets import ImageFolder
 from ..errors import FvisError
+from ..files import atomic_write as _atomic_write, list_images
 from ..hooks import Capture, frozen, resolve_layers
-from ..io import _atomic_write
+from ..reference import cache_dir
 
 POOLS = ("flatten", "mean")
 Images = Union[torch.Tensor, str, Path]
@@ -48,7 +52,6 @@ def images_key(images: Images, size) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
     else:
-        from ..io import list_images
 
         for f in list_images(images):
             st = f.stat()
@@ -58,9 +61,7 @@ def images_key(images: Images, size) -> str:
 
 def load_images(images: Images, model, what: str = "images") -> torch.Tensor:
     """A folder (resized, centre-cropped to the model's input size) or an ``(N, 3, H, W)`` tensor in [0, 1]."""
-    from torchvision.transforms.v2 import functional as F
 
-    from ..datasets import ImageFolder
 
     size = list(model.input_size)
     if isinstance(images, torch.Tensor):
@@ -162,13 +163,11 @@ def cached(kind: str, model, images: Images, layers: Sequence[str], pool: str, c
            extra: str = "", fingerprint: str | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Per-layer cache around ``compute(images_tensor, missing_layers) -> {layer: (N, D)}``.
     Returns the activations and the loaded image tensor (``None`` if everything came from the cache)."""
-    from safetensors.torch import load_file, save
 
     size = tuple(model.input_size)
     out: dict[str, torch.Tensor] = {}
     paths: dict[str, Path] = {}
     if cache is not False:
-        from ..reference import cache_dir
 
         root = Path(cache or cache_dir()) / "tcav"
         fp = fingerprint or model_fingerprint(model)

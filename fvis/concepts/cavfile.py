@@ -14,9 +14,15 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 
+from objectives import Objective, direction
+
+from ..classes import resolve_class
 from ..errors import FvisError
-from ..io import _atomic_write
+from ..files import atomic_write as _atomic_write, list_images, load_image
+from .activations import compute_gradients, load_images, model_fingerprint
 
 META_KEY = "fvis.tcav"
 
@@ -47,7 +53,6 @@ class CAVSet:
 
 def save_cavs(result, path: str | Path) -> Path:
     """Write a :class:`~fvis.concepts.tcav.TCAVResult`'s CAVs (concepts and random nulls) to ``path``."""
-    from safetensors.torch import save
 
     tensors, entries = {}, []
     items = [(r, False) for r in result.results] + [(r, True) for r in result.random.values()]
@@ -65,7 +70,6 @@ def save_cavs(result, path: str | Path) -> Path:
 
 def load_cavs(path: str | Path) -> CAVSet:
     """Read a file written by :func:`save_cavs` (a folder: its ``cavs.safetensors``)."""
-    from safetensors import safe_open
 
     path = Path(path)
     if path.is_dir():
@@ -106,8 +110,6 @@ def sensitivity(model, images, cavs: CAVSet | str | Path, target: int | str | No
     """Concept sensitivity of new ``images`` (a tensor ``(N, 3, H, W)`` in [0, 1], or a folder)
     along every CAV in ``cavs`` (a :class:`CAVSet` or a file): one forward and backward per image,
     no refit. ``target``: default the class the CAVs were tested for."""
-    from ..classes import resolve_class
-    from .activations import compute_gradients, load_images, model_fingerprint
 
     cs = cavs if isinstance(cavs, CAVSet) else load_cavs(cavs)
     st = cs.settings
@@ -125,13 +127,11 @@ def sensitivity(model, images, cavs: CAVSet | str | Path, target: int | str | No
     else:
         p = Path(images)
         if p.is_dir():
-            from ..io import list_images
 
             files = list_images(p)
             labels = [f.name for f in files]
             x = load_images(p, model)
         else:
-            from ..io import load_image
 
             x, labels = load_image(p, tuple(model.input_size), getattr(model, "channels", 3))[None], [p.name]
     layers = list(dict.fromkeys(e["layer"] for e in cs.entries))
@@ -154,7 +154,6 @@ def cav_objective(cavs: CAVSet | str | Path, concept: str, layer: str | None = N
     network's concept looks like. ``pool="mean"`` CAVs are channel directions
     (:func:`objectives.direction`, any image size); ``pool="flatten"`` CAVs are whole activation maps,
     scored as ``<activation map, CAV>`` (the image must have the model's input size)."""
-    from objectives import Objective, direction
 
     cs = cavs if isinstance(cavs, CAVSet) else load_cavs(cavs)
     i = cs.find(concept, layer)

@@ -19,8 +19,10 @@ import math
 from pathlib import Path
 
 import torch
+from torchvision.transforms.v2 import functional as F
 
 from ..errors import FvisError
+from ..files import list_images, load_image, save_image
 
 KINDS = ("stripes", "dots", "checks", "zigzags")
 COLOURS = {"red": (0.85, 0.1, 0.1), "green": (0.1, 0.7, 0.15), "blue": (0.1, 0.2, 0.85), "yellow": (0.95, 0.85, 0.1),
@@ -104,9 +106,7 @@ def random_crops(source: str | Path | torch.Tensor, n: int, size: int | tuple[in
                  area: tuple[float, float] = (0.1, 1.0)) -> torch.Tensor:
     """``n`` random resized crops ``(n, 3, H, W)`` of the images in a folder (read at full size) or
     a tensor ``(N, 3, h, w)``: area share in ``area``, aspect 3/4-4/3, random horizontal flips."""
-    from torchvision.transforms.v2 import functional as F
 
-    from ..io import list_images, load_image
 
     if isinstance(source, torch.Tensor):
         images = list(source.float())
@@ -135,7 +135,6 @@ def random_crops(source: str | Path | torch.Tensor, n: int, size: int | tuple[in
 
 def save_folder(images: torch.Tensor, folder: str | Path, prefix: str = "img") -> Path:
     """Write ``(N, 3, H, W)`` images as lossless PNGs ``<prefix>_0000.png`` ... into ``folder``."""
-    from ..io import save_image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,6 @@ scaled by one number per layer (the root mean squared row norm of all images at 
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,225 +58,14 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..classes import resolve_class
 from ..errors import FvisError
+from ..hooks import Capture, frozen
 from .activations import (POOLS, Images, cached, check_layers, compute_activations, compute_gradients,
                           images_key, model_fingerprint)
-
-CAV_METHODS = ("logistic", "svm", "fastcav")
-
-
-# ----------------------------------------------------------------------------- statistics
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function ``I_x(a, b)``."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def t_test(a: Sequence[float], b: Sequence[float], equal_var: bool = True) -> tuple[float, float]:
-    """Two-sided two-sample t-test: ``(t, p)``; Student's (pooled variance, as tensorflow/tcav and
-    captum) or Welch's. Both samples constant: ``p = 0`` if their means differ, else ``1``."""
-    a = torch.as_tensor(a, dtype=torch.float64).flatten()
-    b = torch.as_tensor(b, dtype=torch.float64).flatten()
-    na, nb = len(a), len(b)
-    if na < 2 or nb < 2:
-        raise FvisError("a t-test needs at least 2 values per sample")
-    ma, mb = a.mean().item(), b.mean().item()
-    va, vb = a.var(unbiased=True).item(), b.var(unbiased=True).item()
-    if equal_var:
-        df = na + nb - 2
-        se2 = ((na - 1) * va + (nb - 1) * vb) / df * (1 / na + 1 / nb)
-    else:
-        se2 = va / na + vb / nb
-        df = se2 ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1)) if se2 > 0 else 1.0
-    if se2 <= 0:
-        return (0.0, 1.0) if ma == mb else (math.copysign(math.inf, ma - mb), 0.0)
-    t = (ma - mb) / math.sqrt(se2)
-    p = betainc(df / 2, 0.5, df / (df + t * t))
-    return t, min(1.0, max(0.0, p))
-
-
-def prediction_test(value: float, sample: Sequence[float]) -> tuple[float, float]:
-    """Two-sided t prediction test: is ``value`` a plausible new draw from the population of
-    ``sample``? ``t = (value - mean) / (sd * sqrt(1 + 1/n))`` with ``n - 1`` degrees of freedom."""
-    x = torch.as_tensor(sample, dtype=torch.float64).flatten()
-    n = len(x)
-    if n < 2:
-        raise FvisError("a prediction test needs at least 2 reference values")
-    m, sd = x.mean().item(), x.std(unbiased=True).item()
-    se = sd * math.sqrt(1 + 1 / n)
-    if se <= 0:
-        return (0.0, 1.0) if value == m else (math.copysign(math.inf, value - m), 0.0)
-    t = (value - m) / se
-    df = n - 1
-    return t, min(1.0, max(0.0, betainc(df / 2, 0.5, df / (df + t * t))))
-
-
-# ----------------------------------------------------------------------------- CAV fitting
-
-@dataclass
-class Problem:
-    """One CAV: training rows of the positive (concept) and negative sets, and held-out rows."""
-    pos: torch.Tensor
-    neg: torch.Tensor
-    pos_test: torch.Tensor
-    neg_test: torch.Tensor
-
-
-def _loss(kind: str, m: torch.Tensor):
-    """Loss, first and second derivative in the margin ``m = y f``."""
-    if kind == "logistic":
-        s = torch.sigmoid(-m)
-        return torch.nn.functional.softplus(-m), -s, s * (1 - s)
-    h = (1 - m).clamp_min(0)  # squared hinge
-    return h * h, -2 * h, 2.0 * (m < 1).to(m.dtype)
-
-
-def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logistic", l2: float = 1e-2,
-             max_iter: int = 100, tol: float = 1e-12, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fit every problem's linear classifier on rows of ``X`` ``(N, D)`` together.
-
-    Returns ``(cavs (K, D) unit vectors toward the positives, weights (K, D) raw normals,
-    bias (K,))``: the decision function is ``X @ weights.T + bias``. ``"logistic"``/``"svm"``
-    minimize ``mean_i loss(y_i f_i) + l2/2 |w|^2`` on ``X / scale`` (one scale per call: the
-    root mean squared row norm of ``X``) by damped Newton steps in the span of the training rows,
-    all problems at once; ``"fastcav"``: difference of the means, bias at the midpoint."""
-    if method not in CAV_METHODS:
-        raise FvisError(f"unknown CAV classifier {method!r}: choose one of {', '.join(CAV_METHODS)}")
-    if len(problems) > chunk:  # bounded memory: (chunk, n, n) systems at a time
-        parts = [fit_cavs(X, problems[i:i + chunk], method, l2, max_iter, tol, chunk)
-                 for i in range(0, len(problems), chunk)]
-        return tuple(torch.cat(t) for t in zip(*parts))
-    X = X.float()
-    K, N = len(problems), X.shape[0]
-    if method == "fastcav":
-        M = torch.zeros(K, N)
-        for k, p in enumerate(problems):
-            M[k].index_add_(0, p.pos, torch.full((len(p.pos),), 1 / len(p.pos)))
-            M[k].index_add_(0, p.neg, torch.full((len(p.neg),), -1 / len(p.neg)))
-        W = M @ X
-        mid = (M.clamp_min(0) - M.clamp_max(0)) @ X / 2  # (mean_pos + mean_neg) / 2
-        b = -(W * mid).sum(1)
-        return _unit(W), W, b
-    scale = X.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
-    used, inverse = torch.unique(torch.cat([torch.cat([p.pos, p.neg]) for p in problems]), return_inverse=True)
-    Xu = X[used] / scale
-    G_all = (Xu @ Xu.T).double()
-    n = max(len(p.pos) + len(p.neg) for p in problems)
-    I = torch.zeros(K, n, dtype=torch.long)
-    Y = torch.zeros(K, n, dtype=torch.float64)
-    S = torch.zeros(K, n, dtype=torch.float64)
-    start = 0
-    for k, p in enumerate(problems):
-        m = len(p.pos) + len(p.neg)
-        I[k, :m] = inverse[start:start + m]
-        Y[k, :len(p.pos)], Y[k, len(p.pos):m] = 1.0, -1.0
-        S[k, :m] = 1.0
-        start += m
-    G = G_all[I[:, :, None], I[:, None, :]]  # (K, n, n); padding rows repeat row 0 with weight 0
-    counts = S.sum(1, keepdim=True)
-    eye = torch.eye(n, dtype=torch.float64)
-
-    def objective(alpha, bias):
-        f = (G @ alpha[..., None])[..., 0] + bias[:, None]
-        loss = _loss(method, Y * f)[0]
-        return (S * loss).sum(1) / counts[:, 0] + 0.5 * l2 * (alpha * (G @ alpha[..., None])[..., 0]).sum(1)
-
-    alpha = torch.zeros(K, n, dtype=torch.float64)
-    bias = torch.zeros(K, dtype=torch.float64)
-    value = objective(alpha, bias)
-    for _ in range(max_iter):
-        f = (G @ alpha[..., None])[..., 0] + bias[:, None]
-        _, d1, d2 = _loss(method, Y * f)
-        r = S * Y * d1 / counts + l2 * alpha
-        gb = (S * Y * d1).sum(1) / counts[:, 0]
-        Dm = S * d2 / counts
-        DG = Dm[:, :, None] * G
-        A = torch.zeros(K, n + 1, n + 1, dtype=torch.float64)
-        A[:, :n, :n] = DG + l2 * eye
-        A[:, :n, n] = Dm
-        A[:, n, :n] = DG.sum(1)
-        A[:, n, n] = Dm.sum(1) + 1e-12
-        step = torch.linalg.solve(A, -torch.cat([r, gb[:, None]], 1)[..., None])[..., 0]
-        da, db = step[:, :n], step[:, n]
-        slope = (da * (G @ r[..., None])[..., 0]).sum(1) + gb * db  # directional derivative (<= 0)
-        if slope.abs().max() < tol:
-            break
-        t = torch.ones(K, dtype=torch.float64)
-        done = torch.zeros(K, dtype=torch.bool)
-        new_alpha, new_bias, new_value = alpha.clone(), bias.clone(), value.clone()
-        for _ in range(40):  # backtracking line search (Armijo), per problem
-            cand_a, cand_b = alpha + t[:, None] * da, bias + t * db
-            cand_v = objective(cand_a, cand_b)
-            ok = ~done & (cand_v <= value + 1e-4 * t * slope)
-            new_alpha[ok], new_bias[ok], new_value[ok] = cand_a[ok], cand_b[ok], cand_v[ok]
-            done |= ok
-            if done.all():
-                break
-            t = torch.where(done, t, t / 2)
-        if not done.any():
-            break
-        alpha, bias, value = new_alpha, new_bias, new_value
-    dense = torch.zeros(K, len(used), dtype=torch.float64)
-    dense.scatter_add_(1, I, alpha * S)
-    W = (dense.float() @ Xu) / scale
-    return _unit(W), W, bias.float()
-
-
-def _unit(W: torch.Tensor) -> torch.Tensor:
-    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def accuracy(X: torch.Tensor, problems: Sequence[Problem], weights: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Held-out accuracy per problem ``(K,)``."""
-    out = []
-    for k, p in enumerate(problems):
-        f_pos = X[p.pos_test].float() @ weights[k] + bias[k]
-        f_neg = X[p.neg_test].float() @ weights[k] + bias[k]
-        out.append(((f_pos > 0).sum() + (f_neg <= 0).sum()).item() / max(1, len(p.pos_test) + len(p.neg_test)))
-    return torch.tensor(out)
-
-
-def scores(grads: torch.Tensor, cavs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(sign-count score (K,), magnitude score (K,), derivatives (N, K))`` for class-image
-    gradients ``(N, D)`` and unit CAVs ``(K, D)``: one matrix product for every CAV."""
-    S = grads.float() @ cavs.float().T
-    count = (S > 0).float().mean(0)
-    magnitude = S.clamp_min(0).sum(0) / S.abs().sum(0).clamp_min(1e-30)
-    return count, magnitude, S
+from .cavfile import save_cavs
+from .cavs import CAV_METHODS, Problem, accuracy, fit_cavs, scores
+from .stats import prediction_test, t_test
 
 
 # ----------------------------------------------------------------------------- results
@@ -342,8 +130,6 @@ class TCAVResult:
                 "random": [self.random[l].record() for l in self.random]}
 
     def save_cavs(self, path: str | Path) -> Path:
-        from .cavfile import save_cavs
-
         return save_cavs(self, path)
 
 
@@ -401,8 +187,6 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
     accuracies, the CAVs, the p-value against the layer's random-vs-random scores, its Bonferroni
     correction and significance; ``.random[layer]`` holds the null runs.
     """
-    from ..classes import resolve_class
-
     layers = check_layers(model, [layers] if isinstance(layers, str) else list(layers))
     if cav not in CAV_METHODS:
         raise FvisError(f"unknown CAV classifier {cav!r}: choose one of {', '.join(CAV_METHODS)}")
@@ -546,8 +330,6 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
 
 def _layer_shapes(model, layers: Sequence[str]) -> dict[str, list[int]]:
     """Per-item output shape of each layer (one dry forward of a blank image)."""
-    from ..hooks import Capture, frozen
-
     device = next(model.parameters()).device
     x = torch.zeros(1, getattr(model, "channels", 3), *model.input_size, device=device)
     with torch.no_grad(), frozen(model), Capture(model, layers) as cap:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from .engine import SearchOptimizer  # noqa: F401  (the search-optimizer protocol lives with the loop that steps it)
-from .engine import make_optimizer
 
 
 def _per_item(t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -52,32 +50,3 @@ class SteepestDescent(torch.optim.Optimizer):
                     direction = g / _per_item(g, g.flatten(1).norm(dim=1).clamp_min(1e-12))
                 p.sub_(group["lr"] * direction)
         return loss
-
-
-class Scheduled:
-    """An optimizer whose learning rate follows ``schedule``: ``step()`` steps the optimizer, then
-    the schedule (a ``torch.optim.lr_scheduler`` built on it). Duck-types what
-    :func:`fvis.optimize` calls (``zero_grad``, ``step``, ``param_groups``)."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule):
-        self.optimizer, self.schedule = optimizer, schedule
-
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        self.optimizer.step()
-        self.schedule.step()
-
-
-def cosine(steps: int, lr: float, floor: float = 0.1, optimizer: str = "adam"):
-    """Factory for :func:`fvis.optimize`'s ``optimizer=``: ``optimizer`` with its learning rate
-    going from ``lr`` down to ``floor * lr`` along a half cosine over ``steps``."""
-    def make(params):
-        opt = make_optimizer(optimizer, params, lr)
-        return Scheduled(opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=floor * lr))
-    return make

@@ -1,0 +1,17 @@
+"""Causal language models for fvis, one concern per module: ``model`` (:class:`LanguageModel`, the
+wrapper that lets :func:`fvis.optimize` drive a transformer with input *embeddings*), ``loading``
+(:func:`load_lm`: hub name, local folder, GGUF file, offline SmolLM2), ``vocab``
+(:func:`allowed_tokens`), ``evaluation`` (:func:`evaluate_prompt`: a prompt judged on its real
+tokens), ``settings`` (:class:`Prompt`, :class:`Embed`, :class:`Gcg`, :class:`Budget`) and
+``inversion`` (:func:`invert`, :func:`print_summary`). The token parameterizations are in
+:mod:`fvis.params.tokens`, the search optimizers in :mod:`fvis.optim`."""
+from .evaluation import PromptEval, evaluate_prompt
+from .inversion import Inversion, invert, print_summary
+from .loading import LM_NAMES, SMOLLM2, SMOLLM2_GGUF, gpt2_tokenizer, is_language_model, load_lm, random_gpt2, smollm2_path
+from .model import LanguageModel
+from .settings import METHODS, Budget, Embed, Gcg, Prompt, check_target, search_method
+from .vocab import allowed_tokens
+
+__all__ = ["LanguageModel", "load_lm", "LM_NAMES", "SMOLLM2", "SMOLLM2_GGUF", "is_language_model", "random_gpt2",
+           "smollm2_path", "gpt2_tokenizer", "allowed_tokens", "PromptEval", "evaluate_prompt", "Inversion",
+           "invert", "print_summary", "Prompt", "Embed", "Gcg", "Budget", "METHODS", "search_method", "check_target"]
