@@ -1,4 +1,5 @@
-"""A folder of images read in batches; unreadable files are skipped with a warning and counted."""
+"""Reading folders of images, one rule for every command: unreadable files are skipped, counted
+and named in one warning."""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +7,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -18,8 +19,9 @@ from .files import list_images, load_image
 class ImageFolder:
     """Iterate ``(paths, images (B, C, H, W))`` batches of the images in ``folder`` (as
     :func:`fvis.files.list_images`: image suffixes, not recursive, sorted by name), resized
-    (short side) and centre-cropped to ``size``. A file that cannot be read is skipped with a
-    warning; ``skipped`` lists ``(path, reason)`` so a run can report the count at the end."""
+    (short side) and centre-cropped to ``size``. The folder rule of every command: a file that
+    cannot be read is skipped and counted, and one warning names them all at the end of the
+    iteration; ``skipped`` lists ``(path, reason)`` so a run can report the count."""
 
     folder: str | Path
     size: int | tuple[int, int]
@@ -43,13 +45,13 @@ class ImageFolder:
                 paths.append(path)
             except FvisError as e:
                 self.skipped.append((path, str(e)))
-                warnings.warn(f"fvis: skipping unreadable image: {e}", stacklevel=2)
                 continue
             if len(images) == self.batch_size:
                 yield paths, torch.stack(images)
                 paths, images = [], []
         if images:
             yield paths, torch.stack(images)
+        warn_skipped(self.skipped)
 
     @property
     def read(self) -> int:
@@ -63,6 +65,29 @@ class ImageFolder:
             names = ", ".join(p.name for p, _ in self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
             text += f"; skipped {len(self.skipped)} unreadable ({names})"
         return text
+
+
+def read_images(paths: Sequence[Path], size: int | tuple[int, int] | None = None, channels: int = 3,
+                **options) -> tuple[list[int], list[torch.Tensor], list[tuple[Path, str]]]:
+    """The same rule for a list of files: ``(indices read, images, skipped (path, reason))``;
+    unreadable files are skipped, not fatal. The caller warns once with :func:`warn_skipped`."""
+    kept, images, skipped = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load_image(path, size, channels, **options))
+            kept.append(i)
+        except FvisError as e:
+            skipped.append((Path(path), str(e)))
+    return kept, images, skipped
+
+
+def warn_skipped(skipped: Sequence[tuple[Path, str]]) -> None:
+    """One warning for every unreadable file of a run (nothing when none was skipped)."""
+    if len(skipped) == 1:
+        warnings.warn(f"fvis: skipping unreadable image: {skipped[0][1]}", stacklevel=3)
+    elif skipped:
+        names = ", ".join(p.name for p, _ in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        warnings.warn(f"fvis: skipping unreadable images: {len(skipped)} files ({names})", stacklevel=3)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from .errors import FvisError
-from .evaluate import check_classes, class_images, load_batch, pooled_activations
+from .evaluate import check_classes, class_images, pooled_folder
 from .hooks import named_layers
 from .files import atomic_write, write_json
 from .models import ImageModel
@@ -63,9 +63,7 @@ def entangle_folder(folder: str | Path, model: ImageModel, layer: str | None = N
     if len(set(classes)) < 2:
         raise FvisError(f"entanglement needs prototypes of at least two classes; {folder} has only class {classes[0]}")
     layer = layer or default_layer(model)
-    parts = [pooled_activations(model, load_batch(files[i:i + batch_size], model), [layer, "output"])
-             for i in range(0, len(files), batch_size)]
-    features, logits = (torch.cat(t) for t in zip(*parts))
+    (features, logits), files, classes = pooled_folder(model, files, classes, [layer, "output"], batch_size)
     if max(classes) >= logits.shape[1]:
         raise FvisError(f"class index {max(classes)} out of range: {model.name} has {logits.shape[1]} outputs")
     P, cosine, kept = entanglement(logits, features, classes)

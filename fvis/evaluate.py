@@ -23,9 +23,10 @@ from torchvision.transforms.v2 import functional as F
 
 from regularizers import high_frequency_energy
 
+from .datasets import read_images, warn_skipped
 from .errors import FvisError
+from .files import atomic_write as _atomic_write, list_images, write_json
 from .hooks import Capture, frozen, named_layers, output_shapes
-from .files import atomic_write as _atomic_write, list_images, load_image, write_json
 from .metrics import heldout_predictions
 from .models import ImageModel
 from .naturalness import naturalness, photo_ranges
@@ -102,13 +103,32 @@ def check_classes(model: ImageModel, classes: Sequence[int]) -> None:
         raise FvisError(f"class index {bad[0]} out of range: {model.name} has {n} classes")
 
 
-def load_batch(paths: Sequence[Path], model: ImageModel) -> torch.Tensor:
-    """Image files as one ``(B, C, H, W)`` batch in [0, 1]; resized to the model's input size when
-    their sizes differ."""
-    images = [load_image(p, channels=model.channels) for p in paths]
+def load_batch(paths: Sequence[Path], model: ImageModel) -> tuple[list[int], torch.Tensor | None, list]:
+    """Image files as one ``(B, C, H, W)`` batch in [0, 1], resized to the model's input size when
+    their sizes differ, by the folder rule (:func:`fvis.datasets.read_images`): ``(indices read,
+    batch or None, skipped (path, reason))``."""
+    kept, images, skipped = read_images(paths, channels=model.channels)
     if len({tuple(im.shape[-2:]) for im in images}) > 1:
         images = [F.resize(im, list(model.input_size), antialias=True).clamp(0, 1) for im in images]
-    return torch.stack(images)
+    return kept, (torch.stack(images) if images else None), skipped
+
+
+def pooled_folder(model: ImageModel, files: Sequence[Path], classes: Sequence[int], layers: Sequence[str],
+                  batch_size: int = 16) -> tuple[list[torch.Tensor], list[Path], list[int]]:
+    """:func:`pooled_activations` of every readable file, batched: ``(activations per layer, files
+    read, their classes)``; unreadable files are skipped with one warning."""
+    parts, read, read_classes, skipped = [], [], [], []
+    for i in range(0, len(files), batch_size):
+        kept, images, bad = load_batch(files[i:i + batch_size], model)
+        skipped += bad
+        if images is not None:
+            parts.append(pooled_activations(model, images, layers))
+            read += [files[i + j] for j in kept]
+            read_classes += [classes[i + j] for j in kept]
+    warn_skipped(skipped)
+    if not parts:
+        raise FvisError(f"no readable images among {len(files)} file(s) in {Path(files[0]).parent}")
+    return [torch.cat(per_layer) for per_layer in zip(*parts)], read, read_classes
 
 
 def evaluate_folder(folder: str | Path, model: ImageModel, evaluators: Sequence[ImageModel] = (),
@@ -120,10 +140,13 @@ def evaluate_folder(folder: str | Path, model: ImageModel, evaluators: Sequence[
     files, classes = class_images(folder)
     check_classes(model, classes)
     ref = path_reference(model, reference, batch_size=batch_size) if reference is not None else None
-    rows = []
+    rows, skipped = [], []
     for i in range(0, len(files), batch_size):
-        chunk, chunk_classes = files[i:i + batch_size], classes[i:i + batch_size]
-        images = load_batch(chunk, model)
+        kept, images, bad = load_batch(files[i:i + batch_size], model)
+        skipped += bad
+        if images is None:
+            continue
+        chunk, chunk_classes = [files[i + j] for j in kept], [classes[i + j] for j in kept]
         scores = evaluate_images(model, images, chunk_classes, evaluators, transforms, seed)
         for score, nat in zip(scores, naturalness(images)):
             score.update(nat)
@@ -133,10 +156,14 @@ def evaluate_folder(folder: str | Path, model: ImageModel, evaluators: Sequence[
         for path, c, s in zip(chunk, chunk_classes, scores):
             name = model.class_names[c] if model.class_names else str(c)
             rows.append({"image": path.name, "class": c, "name": name, **s})
+    warn_skipped(skipped)
+    if not rows:
+        raise FvisError(f"no readable images among {len(files)} file(s) in {folder}")
     metrics = COLUMNS[3:] + natural_columns() + (PATH_COLUMNS if ref else ())
     mean = {k: _mean([r[k] for r in rows]) for k in metrics}
     report = {"model": model.name, "evaluators": [e.name for e in evaluators], "transforms": transforms,
-              "seed": seed, "mean": mean, "rows": rows}
+              "seed": seed, "mean": mean, "rows": rows,
+              "skipped": [{"image": p.name, "reason": r} for p, r in skipped]}
     if ref is not None:
         missing = sorted({c for c in classes if c not in ref.means})
         if missing:
@@ -231,10 +258,7 @@ def path_reference(model: ImageModel, folder: str | Path, layers: Sequence[str] 
     files, classes = class_images(folder)
     check_classes(model, classes)
     layers = list(layers or path_layers(model))
-    parts = [pooled_activations(model, torch.stack([load_image(p, model.input_size, model.channels)
-                                                     for p in files[i:i + batch_size]]), layers)
-             for i in range(0, len(files), batch_size)]
-    acts = [torch.cat(per_layer) for per_layer in zip(*parts)]
+    acts, files, classes = pooled_folder(model, files, classes, layers, batch_size)
     labels = torch.tensor(classes)
     means, same, other = {}, {}, {}
     for c in sorted(set(classes)):
@@ -290,4 +314,7 @@ def markdown(report: dict) -> str:
         lines.append("| " + " | ".join(_fmt(r[k]).replace("|", "\\|") for k in columns) + " |")
     m = report["mean"]
     lines.append("| **mean** | | | " + " | ".join(_fmt(m[k]) for k in columns[3:]) + " |")
+    if report.get("skipped"):
+        lines += ["", f"Skipped {len(report['skipped'])} unreadable file(s): "
+                      + ", ".join(s["image"] for s in report["skipped"]) + "."]
     return "\n".join(lines) + "\n"

@@ -360,7 +360,7 @@ def test_cli_tcav_run_and_explain(tiny, tmp_path, monkeypatch, capsys):
     assert len(ex["records"]) == 6 * 6 and (tmp_path / "ex" / "explain.png").is_file()
 
 
-def test_cli_bad_inputs(tiny, tmp_path, monkeypatch):
+def test_cli_bad_inputs(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("fvis.commands.tcav.load_model", lambda args: tiny)
     cls = C.save_folder(backgrounds(4, 1), tmp_path / "class")
     few = C.save_folder(C.colour("red", 3, S), tmp_path / "few")
@@ -374,8 +374,10 @@ def test_cli_bad_inputs(tiny, tmp_path, monkeypatch):
         _cli(base + ["--concept", f"same={cls}"])
     with pytest.raises(fvis.FvisError, match="unknown layer"):
         _cli(base[:2] + ["--layer", "99"] + base[4:] + ["--concept", "s=synthetic:dots"])
+    capsys.readouterr()
     with pytest.raises(fvis.FvisError, match="out of range"):
         _cli(base[:4] + ["--target", "3"] + base[6:] + ["--concept", "s=synthetic:dots"])
+    assert capsys.readouterr().out == ""  # the check comes before any output
     with pytest.raises(fvis.FvisError, match="NAME=DIR"):
         _cli(base + ["--concept", "stripes"])
     with pytest.raises(fvis.FvisError, match="needs --cavs"):

@@ -68,6 +68,23 @@ def test_evaluate_rejects_bad_folders(tmp_path, capsys):
     assert "out of range" in capsys.readouterr().err
 
 
+def test_evaluate_skips_an_unreadable_image_like_every_folder_command(tmp_path, capsys):
+    """One rule for folders (fvis.datasets): skipped, counted, one warning line; the run goes on."""
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "1_red.png")
+    (tmp_path / "2_broken.png").write_bytes(b"not a png")
+    assert main(["evaluate", str(tmp_path), "--model", "efficientnet-lite0", "--evaluators", "",
+                 "--transforms", "2"]) == 0
+    printed, err = capsys.readouterr()
+    assert err.startswith("fvis: warning: skipping unreadable image") and "2_broken.png" in err
+    assert err.count("\n") == 1 and "Skipped 1 unreadable file(s): 2_broken.png." in printed
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert [r["image"] for r in report["rows"]] == ["1_red.png"]
+    assert [s["image"] for s in report["skipped"]] == ["2_broken.png"]
+    (tmp_path / "1_red.png").write_bytes(b"not a png either")
+    assert main(["evaluate", str(tmp_path), "--model", "efficientnet-lite0", "--evaluators", ""]) == 2
+    assert "no readable images among 2 file(s)" in capsys.readouterr().err
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     try:
         from scipy.stats import spearmanr

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..concepts import synthetic
 from ..concepts.cavfile import load_cavs, sensitivity
 from ..concepts.synthetic import random_crops
-from ..concepts.tcav import tcav
+from ..concepts.tcav import resolve_target, tcav
 from ..datasets import warnings_as_lines
 from ..errors import FvisError
 from ..files import atomic_write, check_writable, list_images, versions, write_json
@@ -122,6 +122,7 @@ def _run(args) -> None:
     out = check_writable(args.out)
     model = load_model(args)
     layers = [l.strip() for l in args.layer.split(",") if l.strip()]
+    resolve_target(model, args.target)  # a target out of range fails here, before any output
     concepts = _concepts(args.concept, model, args.synthetic_count, args.seed)
     if not Path(args.class_images).is_dir():
         raise FvisError(f"--class-images: not a folder: {args.class_images}")

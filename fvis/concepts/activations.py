@@ -61,8 +61,6 @@ def images_key(images: Images, size) -> str:
 
 def load_images(images: Images, model, what: str = "images") -> torch.Tensor:
     """A folder (resized, centre-cropped to the model's input size) or an ``(N, 3, H, W)`` tensor in [0, 1]."""
-
-
     size = list(model.input_size)
     if isinstance(images, torch.Tensor):
         if images.dim() != 4 or images.shape[1] != getattr(model, "channels", 3):

@@ -205,13 +205,7 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
         raise FvisError("relative TCAV needs at least two concepts (each is fitted against the others)")
     if "random" in concepts:
         raise FvisError("'random' is reserved for the random-vs-random null; rename that concept")
-    names = getattr(model, "class_names", None)
-    if isinstance(target, str) and not target.strip().lstrip("-").isdigit() and names is None:
-        raise FvisError(f"target {target!r} is a name but the model has no class names: give an index")
-    target = resolve_class(target, names) if names is not None else int(target)
-    if target < 0:
-        raise FvisError(f"target class {target} out of range")
-    target_name = names[target] if names is not None else str(target)
+    target, target_name = resolve_target(model, target)
 
     size = tuple(model.input_size)
     keys = {"random": images_key(random, size)}
@@ -326,6 +320,18 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
                 "sources": {"class_images": _source_name(class_images), "random": _source_name(random),
                             **{f"concept:{n}": _source_name(s) for n, s in concepts.items()}}}
     return TCAVResult(results, null, settings, shapes, null_means)
+
+
+def resolve_target(model, target: int | str) -> tuple[int, str]:
+    """The TCAV target class as ``(index, name)``, checked against the model's class names (a name
+    needs them; an index must be in range). Commands call it before printing anything."""
+    names = getattr(model, "class_names", None)
+    if isinstance(target, str) and not target.strip().lstrip("-").isdigit() and names is None:
+        raise FvisError(f"target {target!r} is a name but the model has no class names: give an index")
+    index = resolve_class(target, names) if names is not None else int(target)
+    if index < 0:
+        raise FvisError(f"target class {index} out of range")
+    return index, names[index] if names is not None else str(index)
 
 
 def _layer_shapes(model, layers: Sequence[str]) -> dict[str, list[int]]:
