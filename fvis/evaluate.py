@@ -114,12 +114,18 @@ def load_batch(paths: Sequence[Path], model: ImageModel) -> tuple[list[int], tor
 
 
 def pooled_folder(model: ImageModel, files: Sequence[Path], classes: Sequence[int], layers: Sequence[str],
-                  batch_size: int = 16) -> tuple[list[torch.Tensor], list[Path], list[int]]:
+                  batch_size: int = 16, crop: bool = False) -> tuple[list[torch.Tensor], list[Path], list[int]]:
     """:func:`pooled_activations` of every readable file, batched: ``(activations per layer, files
-    read, their classes)``; unreadable files are skipped with one warning."""
+    read, their classes)``; unreadable files are skipped with one warning. ``crop``: every image
+    resized (short side) and centre-cropped to the model's input size; otherwise as
+    :func:`load_batch`."""
     parts, read, read_classes, skipped = [], [], [], []
     for i in range(0, len(files), batch_size):
-        kept, images, bad = load_batch(files[i:i + batch_size], model)
+        if crop:
+            kept, images, bad = read_images(files[i:i + batch_size], model.input_size, model.channels)
+            images = torch.stack(images) if images else None
+        else:
+            kept, images, bad = load_batch(files[i:i + batch_size], model)
         skipped += bad
         if images is not None:
             parts.append(pooled_activations(model, images, layers))
@@ -258,7 +264,7 @@ def path_reference(model: ImageModel, folder: str | Path, layers: Sequence[str] 
     files, classes = class_images(folder)
     check_classes(model, classes)
     layers = list(layers or path_layers(model))
-    acts, files, classes = pooled_folder(model, files, classes, layers, batch_size)
+    acts, files, classes = pooled_folder(model, files, classes, layers, batch_size, crop=True)
     labels = torch.tensor(classes)
     means, same, other = {}, {}, {}
     for c in sorted(set(classes)):

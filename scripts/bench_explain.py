@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import fvis  # noqa: E402
-from fvis import explain as E  # noqa: E402
-from fvis import scorer as S  # noqa: E402
+from fvis import explain as E  # noqa: E402  (the old path: methods and display helpers in one name)
+from fvis.attribution import scorer as S  # noqa: E402
 from fvis.files import contact_sheet, save_image, versions, write_json  # noqa: E402
 
 OUT = ROOT / "results" / "explain"

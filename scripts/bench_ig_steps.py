@@ -2,7 +2,7 @@
 on the offline photos (black baseline, the command's default), to choose a default that passes
 fvis's own 5% check.
 
-    python scripts/bench_ig_steps.py [--steps 32,64,128,256] [--methods gausslegendre,trapezoid,midpoint]
+    python scripts/bench_ig_steps.py [--runs gausslegendre:64,gausslegendre:128,trapezoid:128,...]
 
 Writes results/explain/ig_steps.md: per (rule, steps) the relative gap |sum(attr) - (f(x) - f(x0))|
 / |f(x) - f(x0)| per photo, its maximum and the seconds per image.
@@ -27,8 +27,8 @@ from photos import LABELS, offline_photos  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", default="32,64,128,256")
-    p.add_argument("--methods", default="gausslegendre,trapezoid,midpoint")
+    p.add_argument("--runs", default="gausslegendre:32,gausslegendre:64,gausslegendre:128,gausslegendre:256,"
+                   "trapezoid:128,trapezoid:256", help="rule:steps pairs, comma-separated")
     p.add_argument("--out", default="results/explain/ig_steps.md")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -38,16 +38,17 @@ def main() -> None:
     names = list(photos)
     x = torch.stack([photos[n] for n in names])
     rows = []
-    for method in args.methods.split(","):
-        for steps in map(int, args.steps.split(",")):
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                a = integrated_gradients(model, x, steps=steps, method=method, progress=False)
-            sec = (time.perf_counter() - t0) / len(names)
-            gaps = a.info["relative_gap"].tolist()
-            rows.append((method, steps, gaps, sec))
-            print(f"{method:>13} {steps:>4}: max gap {max(gaps):.2%}  ({sec:.1f} s/image)", flush=True)
+    for run in args.runs.split(","):
+        method, steps = run.split(":")
+        steps = int(steps)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a = integrated_gradients(model, x, steps=steps, method=method, progress=False)
+        sec = (time.perf_counter() - t0) / len(names)
+        gaps = a.info["relative_gap"].tolist()
+        rows.append((method, steps, gaps, sec))
+        print(f"{method:>13} {steps:>4}: max gap {max(gaps):.2%}  ({sec:.1f} s/image)", flush=True)
     lines = ["# Integrated gradients: completeness gap by rule and path points", "",
              f"Command: `python {' '.join(sys.argv)}` (EfficientNet-Lite0, black baseline, top-1 class; "
              "the 7 offline photos resized to 224 and centre-cropped; one CPU core shared with other jobs, "

@@ -203,3 +203,30 @@ def test_gpt2_path_end_to_end(gpt2_dir, tmp_path, capsys):
     code = cli.main(["invert", "--model", str(gpt2_dir), "--neuron", "mlp.0:3", "--length", "2", "--steps", "2",
                      "--quiet", "--out", str(out)])
     assert code == 0 and json.loads((out / "result.json").read_text())["baseline"] is not None
+
+
+def test_invert_settings_grouped_or_by_name_give_the_same_run(gpt2_dir, tmp_path, capsys):
+    """invert()'s grouped settings (Prompt, Gcg/Embed, Budget) and single settings by name are the same
+    run; each group checks its values when built, and the command builds them before loading a model."""
+    from fvis.lm import Budget, Embed, Gcg, Prompt, search_method
+
+    lm = load_lm(str(gpt2_dir))
+    grouped = invert(lm, " hello", prompt=Prompt(length=2, prefix="Say:"), method=Gcg(topk=16, candidates=8),
+                     budget=Budget(restarts=2, steps=2), seed=1, progress=False)
+    named = invert(lm, " hello", length=2, prefix="Say:", method="gcg", topk=16, candidates=8, restarts=2, steps=2,
+                   seed=1, progress=False)
+    assert grouped.settings == named.settings and grouped.settings["topk"] == 16 and grouped.settings["length"] == 2
+    assert [r.ids for r in grouped.restarts] == [r.ids for r in named.restarts]
+    assert search_method("embed", lr=None, snap="cosine") == Embed(snap="cosine")
+    for bad, message in [(lambda: Prompt(length=0), "length must be >= 1"),
+                         (lambda: Budget(steps=0), "steps must be >= 1"),
+                         (lambda: Embed(snap="l1"), "snap must be"),
+                         (lambda: search_method("gcg", lr=3.0), "lr is not a setting of the gcg method"),
+                         (lambda: search_method("gcc"), "Did you mean: gcg"),
+                         (lambda: invert(lm, " hi", lenght=2), "no setting 'lenght'. Did you mean: length")]:
+        with pytest.raises(FvisError, match=message):
+            bad()
+    code = cli.main(["invert", "--model", "no-such-model", "--target", " hi", "--method", "gcg", "--lr", "3",
+                     "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "lr is not a setting of the gcg method" in err and err.count("\n") == 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import torch
@@ -34,7 +34,7 @@ import objectives.language as lang
 from regularizers.snap import Snap
 
 from ..engine import optimize
-from ..errors import FvisError
+from ..errors import FvisError, suggest
 from ..hooks import OUTPUT, Capture, frozen
 from ..optim import GCG, SnapSearch
 from ..params import OneHotTokens, TokenEmbeddings
@@ -92,6 +92,10 @@ def invert(lm: LanguageModel, target: str | None = None, *, objective=None, prom
     round-trip, p(target) or objective value).
     """
     start = time.perf_counter()
+    known = _PROMPT | _BUDGET | {f.name for f in fields(Embed)} | {f.name for f in fields(Gcg)}
+    for name in options:
+        if name not in known:
+            raise FvisError(f"invert() has no setting {name!r}.{suggest(name, sorted(known))}")
     prompt = _with(prompt or Prompt(), {k: v for k, v in options.items() if k in _PROMPT})
     budget = _with(budget or Budget(), {k: v for k, v in options.items() if k in _BUDGET})
     method = search_method(method, **{k: v for k, v in options.items() if k not in _PROMPT | _BUDGET})
