@@ -395,3 +395,21 @@ def test_cli_topk_and_filters(tmp_path, capsys, photo_folder):
     assert (tmp_path / "f" / "activations_conv_stem.png").exists()
     code, _, err = run(capsys, "filters", "efficientnet-lite0", "--layer", "_bn1", "--out", tmp_path / "g")
     assert code == 2 and "has no convolution or linear weight" in err
+
+
+def test_ig_default_passes_its_own_completeness_check(lite0):
+    """The default path points keep the completeness gap under fvis's 5% warning; chelsea is the
+    offline photo with the largest gap at the default (results/explain/ig_steps.md: 2.7%; 12.8% at
+    the former default of 64 points)."""
+    from skimage import data
+    from torchvision.transforms.v2 import functional as F
+
+    from fvis.attribution.integrated_gradients import GAP_WARNING, STEPS
+
+    cat = torch.from_numpy(data.chelsea()).permute(2, 0, 1).float() / 255
+    cat = F.center_crop(F.resize(cat, [224], antialias=True), [224, 224]).clamp(0, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the completeness warning would fail the test
+        a = E.integrated_gradients(lite0, cat, batch_size=32, progress=False)
+    assert a.settings["steps"] == STEPS and a.settings["method"] == "gausslegendre"
+    assert float(a.info["relative_gap"][0]) < GAP_WARNING

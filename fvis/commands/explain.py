@@ -6,6 +6,7 @@ from pathlib import Path
 import objectives
 
 from ..attribution import METHODS, check_cam_layer, explain, gap_linear_head, save_attributions
+from ..attribution.integrated_gradients import STEPS as IG_STEPS
 from ..baselines import make_baseline
 from ..classes import resolve_class
 from ..datasets import warnings_as_lines
@@ -27,7 +28,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--layer", help="Grad-CAM layer (default: the last Conv2d)")
     parser.add_argument("--baseline", help="black|gray|blur|noise|mean or a value (defaults: ig black, occlusion 0, mask blur)")
     parser.add_argument("--baseline-images", type=Path, metavar="DIR", help="folder for the mean-image baseline")
-    parser.add_argument("--steps", type=positive_int, default=64, help="integrated-gradients path steps")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help=f"integrated-gradients path points (default: {IG_STEPS})")
     parser.add_argument("--samples", type=positive_int, default=25, help="SmoothGrad noisy samples")
     parser.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise, fraction of the value range")
     parser.add_argument("--patch", type=positive_int, default=16, help="occlusion patch size (px)")
