@@ -30,6 +30,8 @@ from ..hooks import OUTPUT
 from ..params.mask import MaskedInput
 from .scorer import Attribution, Scorer, as_batch, plain_settings
 
+STEPS = 100  # optimization steps of the mask by default
+
 
 @dataclass
 class Isolation:
@@ -48,7 +50,7 @@ class Isolation:
     settings: dict = field(default_factory=dict)
 
 
-def isolate(model: nn.Module, x: torch.Tensor, target=None, *, baseline="blur", steps: int = 100, lr: float = 0.1,
+def isolate(model: nn.Module, x: torch.Tensor, target=None, *, baseline="blur", steps: int = STEPS, lr: float = 0.1,
             area: float = 1.0, smoothness: float = 0.5, cell: int = 16, init: float = 0.9, transforms: bool = True,
             baseline_images: str | Path | None = None, seed: int = 0, progress: bool = True) -> Isolation:
     """Learn a mask per item of ``x`` ``(B, C, H, W)`` that keeps ``target`` (as in
@@ -98,7 +100,7 @@ def isolate(model: nn.Module, x: torch.Tensor, target=None, *, baseline="blur", 
                      masked.cpu(), result, settings)
 
 
-def isolate_attribution(model: nn.Module, x: torch.Tensor, target=None, *, baseline="blur", steps: int = 100,
+def isolate_attribution(model: nn.Module, x: torch.Tensor, target=None, *, baseline="blur", steps: int = STEPS,
                         lr: float = 0.1, area: float = 1.0, smoothness: float = 0.5, cell: int = 16,
                         transforms: bool = True, baseline_images: str | Path | None = None, seed: int = 0,
                         progress: bool = True) -> Attribution:

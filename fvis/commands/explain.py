@@ -7,6 +7,7 @@ import objectives
 
 from ..attribution import METHODS, check_cam_layer, explain, gap_linear_head, save_attributions
 from ..attribution.integrated_gradients import STEPS as IG_STEPS
+from ..attribution.isolate import STEPS as MASK_STEPS
 from ..baselines import make_baseline
 from ..classes import resolve_class
 from ..datasets import warnings_as_lines
@@ -34,7 +35,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--noise", type=float, default=0.15, help="SmoothGrad noise, fraction of the value range")
     parser.add_argument("--patch", type=positive_int, default=16, help="occlusion patch size (px)")
     parser.add_argument("--stride", type=positive_int, default=8, help="occlusion stride (px)")
-    parser.add_argument("--mask-steps", type=positive_int, default=100, help="feature-isolation optimization steps")
+    parser.add_argument("--mask-steps", type=positive_int, default=None,
+                        help=f"feature-isolation optimization steps (default: {MASK_STEPS})")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
     parser.add_argument("--format", choices=["npy", "safetensors"], default="npy", help="raw attribution file format")
     add_run_args(parser)
