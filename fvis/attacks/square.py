@@ -13,6 +13,7 @@ budget). Queries are counted per item.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Sequence
 
 import torch
@@ -36,7 +37,8 @@ def p_selection(p_init: float, it: int, budget: int) -> float:
     return p_init / 2 ** sum(it > t for t in SCHEDULE)
 
 
-def _eta(s: int, generator) -> torch.Tensor:
+@lru_cache(maxsize=64)
+def _pattern(s: int) -> torch.Tensor:
     """The L2 square's pattern: two nested-rectangle halves of opposite sign, unit norm."""
     def rectangles(h, w):
         d = torch.zeros(h, w)
@@ -45,7 +47,12 @@ def _eta(s: int, generator) -> torch.Tensor:
             d[max(ch - k, 0):min(ch + k + 1, h), max(cw - k, 0):min(cw + k + 1, w)] += 1.0 / (k + 1) ** 2
         return d / d.norm()
     d = torch.cat([rectangles(s // 2, s), -rectangles(s - s // 2, s)])
-    d = d / d.norm()
+    return d / d.norm()
+
+
+def _eta(s: int, generator) -> torch.Tensor:
+    """:func:`_pattern`, transposed with probability 1/2."""
+    d = _pattern(s)
     return d.T.contiguous() if torch.rand(1, generator=generator).item() > 0.5 else d
 
 
