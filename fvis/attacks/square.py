@@ -6,7 +6,8 @@ candidate of every unfinished item (one query each); :meth:`Square.observe` gets
 value (the :class:`~fvis.attacks.base.Feed` policy), ``step()`` keeps it if it beats the item's
 best so far and writes the next candidate: a random square of side ``s`` (per item), set to
 ``+-eps`` per channel (L-inf), or a pair of squares whose L2 mass is moved between them
-(L2). ``s`` follows the paper's schedule of ``p`` (the fraction of pixels changed): ``p_init``
+(L2). Every candidate is quantized to 8 bits (norm bound kept) before it is queried, so the
+model scores exactly the image that will be saved (the clean image must be 8-bit exact). ``s`` follows the paper's schedule of ``p`` (the fraction of pixels changed): ``p_init``
 halved after 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10000 queries (rescaled to the
 budget). Queries are counted per item.
 """
@@ -25,7 +26,7 @@ from ..errors import FvisError
 from ..models import ImageModel
 from ..param import Perturbation
 from ..policies import PerItem, SkipFinalValues
-from .base import AttackResult, Feed, check_common, restarts_loop, setup, success_stop
+from .base import AttackResult, Feed, check_common, quantize, restarts_loop, setup, success_stop
 
 LOSSES = ("margin", "ce")
 SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -88,7 +89,7 @@ class Square(torch.optim.Optimizer):
                             delta[:, :, vh:vh + s, vw:vw + s] += _eta(s, self.generator) * self._signs((b, c, 1, 1))
                 delta = delta / delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * param.eps
                 init = (param.image + delta.to(device)).clamp(0, 1)
-            param.adv.copy_(init)
+            param.adv.copy_(quantize(param.image, init, param.eps, param.norm))  # queries are 8-bit images
         self.x_best = param.adv.detach().clone()
 
     def _signs(self, shape) -> torch.Tensor:
@@ -126,7 +127,7 @@ class Square(torch.optim.Optimizer):
                 new[i, :, vh:vh + s, vw:vw + s] = cand
             else:
                 new[i] = self._l2(new[i], clean[i], frac)
-        p.copy_(new)
+        p.copy_(quantize(clean, new, eps, self.param.norm))  # what is queried is what will be saved
         self.it += 1
         return None
 
