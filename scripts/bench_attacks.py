@@ -58,6 +58,10 @@ def side_by_side(model, x, y, args, ta):
         f"APGD-CE, {steps} steps": (
             lambda: apgd(model, x, labels=y, eps=eps, steps=steps, loss="ce", seed=0, progress=False).adversarial,
             lambda: ta.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)(x, y)),
+        f"APGD-CE, {steps} steps, fvis without early stop (every step, like torchattacks)": (
+            lambda: apgd(model, x, labels=y, eps=eps, steps=steps, loss="ce", early_stop=False, seed=0,
+                         progress=False).adversarial,
+            lambda: ta.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)(x, y)),
         f"APGD-DLR, {steps} steps": (
             lambda: apgd(model, x, labels=y, eps=eps, steps=steps, loss="dlr", seed=0, progress=False).adversarial,
             lambda: ta.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="dlr", seed=0)(x, y)),
@@ -99,6 +103,24 @@ def side_by_side(model, x, y, args, ta):
                 f"(float: {int(float_t.sum())}/{n}), median L2 {med(l2_t, ok_t)} | {int(r.success.sum())}/{n}, "
                 f"median L2 {med(r.l2, r.success)} | {tt:.1f} | {tf:.1f} | {tf / tt:.2f} |")
     print(rows[-1], flush=True)
+    return rows
+
+
+def square_seeds(model, crops, args, ta):
+    """Square L2 on more images and several seeds (random search: one seed on 8 images says little)."""
+    x = (torch.stack(list(crops.values())[1::2][:args.square_images]) * 255).round() / 255
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    rows = []
+    for seed in args.square_seeds:
+        r, tf = timed(lambda: square(model, x, labels=y, eps=args.eps_l2, norm="l2", steps=args.queries, seed=seed,
+                                     progress=False))
+        torch.manual_seed(seed)
+        adv, tt = timed(lambda: ta.Square(model, norm="L2", eps=args.eps_l2, n_queries=args.queries, seed=seed)(x, y))
+        ok_t, float_t = fooled(model, x, adv, y, args.eps_l2, "l2")
+        rows.append(f"| {seed} | {int(ok_t.sum())}/{len(x)} (float: {int(float_t.sum())}/{len(x)}) | "
+                    f"{int(r.success.sum())}/{len(x)} | {tt:.1f} | {tf:.1f} | {tf / tt:.2f} |")
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -149,7 +171,9 @@ def main():
     p.add_argument("--transfer-eps", type=fraction, default=8 / 255)
     p.add_argument("--transfer-steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--skip", default="", help="comma list of sections to skip: side,autoattack,transfer")
+    p.add_argument("--square-images", type=int, default=16)
+    p.add_argument("--square-seeds", type=lambda t: [int(v) for v in t.split(",")], default=[1, 2])
+    p.add_argument("--skip", default="", help="comma list of sections to skip: side,square,autoattack,transfer")
     p.add_argument("--out", type=Path, default=Path("results/attacks/bench.md"))
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -177,6 +201,11 @@ def main():
                   "| attack | torchattacks fooled | fvis fooled | torchattacks s | fvis s | time ratio |",
                   "|---|---|---|---:|---:|---:|"]
         lines += side_by_side(model, x, y, args, ta)
+    if ta is not None and "square" not in skip:
+        lines += ["", f"## Square L2 (eps {args.eps_l2}, {args.queries} queries) on {args.square_images} other crops, "
+                  "per seed", "", "| seed | torchattacks fooled | fvis fooled | torchattacks s | fvis s | time ratio |",
+                  "|---|---|---|---:|---:|---:|"]
+        lines += square_seeds(model, crops, args, ta)
     if ta is not None and "autoattack" not in skip:
         lines += ["", f"## Robust accuracy (L-inf eps {args.eps * 255:.3g}/255)", "",
                   "| report | robust accuracy (8-bit) | seconds | time ratio |", "|---|---|---:|---:|"]
