@@ -108,6 +108,7 @@ class Setup:
     targeted: bool
     device: torch.device
     start: float
+    labels: torch.Tensor | None = None  # the clean top-1 (set by attacks that need it, e.g. targeted DLR)
 
 
 def setup(model: ImageModel, images: torch.Tensor, target, labels) -> Setup:
