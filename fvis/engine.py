@@ -1,6 +1,7 @@
 """The one optimization loop behind every fvis use: render, prototypes, attacks, prompts."""
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     ``opt.step(score)`` where ``score(x) -> (N,)`` is the objective minus penalties of any N
     model inputs ``x`` (no gradients, no transforms; the run's hooks and truncation). The
     objective must not depend on batch positions (no ``.on()``) for this to make sense.
+    An optimizer with ``uses_gradient = False`` (the Square attack) gets forward passes only:
+    the loop runs without autograd and never calls ``backward()``.
     """
     policies = sorted([*policies, *([Snapshots(thresholds)] if thresholds else []),
                        *([ProgressBar()] if progress else [])], key=lambda p: p.order)
@@ -83,7 +86,9 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     history: dict[str, list] = {}
     stopped = None
     start = time.perf_counter()
-    with capturing(model, layers, **capture_options) as capture:
+    uses_gradient = getattr(opt, "uses_gradient", True)
+    with capturing(model, layers, **capture_options) as capture, \
+            (contextlib.nullcontext() if uses_gradient else torch.no_grad()):
         with torch.no_grad():  # dry run on one transformed item (own generator: the run's draws stay as seeded)
             x_in, dry_generator = param(), torch.Generator().manual_seed(seed)
             batch = x_in.shape[0]
@@ -125,7 +130,8 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                 if stopped := _first(p.observe(run, run.value, acts, todo) for p in policies):
                     break
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if uses_gradient:
+                    loss.backward()
                 if isinstance(opt, SearchOptimizer) and opt.scores_inputs:  # scores candidates exactly
                     opt.step(lambda x_eval: _score(capture, objective, regularizers, x_eval))
                 else:

@@ -1,8 +1,9 @@
 """One module per ``fvis`` command, each with ``HELP``, ``add_arguments(parser)`` and ``run(args)``.
 :data:`COMMANDS` is the registry :mod:`fvis.cli` builds its parser from, in ``fvis --help`` order."""
 from . import (attack, entangle, evaluate, explain, filters, gallery, invert, layers, models, prototype, render,
-               sweep, tcav, topk)
+               robustness, sweep, tcav, topk)
 
 COMMANDS = {"models": models, "layers": layers, "render": render, "prototype": prototype, "attack": attack,
+            "robustness": robustness,
             "evaluate": evaluate, "entangle": entangle, "sweep": sweep, "gallery": gallery, "invert": invert,
             "explain": explain, "filters": filters, "topk": topk, "tcav": tcav}

@@ -1,0 +1,133 @@
+"""Carlini & Wagner's L2 attack (2017) on :func:`fvis.optimize`: the image in tanh space
+(:class:`TanhImage`, always inside the [0, 1] box), Adam on ``||x - x0||^2 + c * f(x)`` with
+``f`` the logit margin capped at ``-kappa``, and a binary search over the constant ``c`` per
+item (``c`` x10 until a first success, then bisection), each run stopping per item when its loss
+stalls (C&W's early abort). Each item keeps its smallest
+successful perturbation, success judged on the 8-bit image as everywhere in fvis. Not an
+eps-ball attack: ``eps`` is not a constraint (reports say how large the perturbations are)."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import torch
+
+import objectives
+import regularizers as reg
+
+from ..engine import optimize
+from ..errors import FvisError
+from ..hooks import OUTPUT
+from ..models import ImageModel
+from ..param import Parameterization
+from ..policies import PerItem, Policy, SkipFinalValues
+from .base import AttackResult, judge, norms, setup
+
+
+class TanhImage(Parameterization):
+    """``() -> (tanh(w) + 1) / 2``, ``w`` initialized at the image ``(B, C, H, W)`` in [0, 1]."""
+
+    def __init__(self, image: torch.Tensor):
+        super().__init__()
+        self.shape = tuple(image.shape)
+        self.w = torch.nn.Parameter(torch.atanh((image.detach().float() * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6)))
+
+    def forward(self) -> torch.Tensor:
+        return (torch.tanh(self.w) + 1) / 2
+
+
+class Distance(reg.Regularizer):
+    """The squared L2 distance of each item's input to its clean image (C&W's first term)."""
+
+    name = "l2_squared"
+
+    def __init__(self, clean: torch.Tensor):
+        super().__init__()
+        self.clean = clean
+
+    def penalty(self, x, acts):
+        return (x - acts.rows(self.clean)).flatten(1).pow(2).sum(1)
+
+
+class Smallest(Policy):
+    """Per item, the input with the smallest L2 among the steps where it reached the goal; and
+    C&W's early abort, per item: every ``check`` steps, an item whose loss did not fall below
+    0.9999 of its value at the last check is ``stalled`` (the ``PerItem`` stop rule)."""
+
+    order = -1  # before PerItem, which asks stop() for ``stalled``
+
+    def __init__(self, clean: torch.Tensor, classes: torch.Tensor, targeted: bool, check: int):
+        self.clean, self.classes, self.targeted, self.check = clean, classes, targeted, check
+        self.best = clean.clone()
+        self.l2 = torch.full((clean.shape[0],), math.inf, device=clean.device)
+        self.previous = torch.full((clean.shape[0],), math.inf, device=clean.device)
+        self.stalled = torch.zeros(clean.shape[0], dtype=torch.bool, device=clean.device)
+
+    def observe(self, run, values, acts, todo):
+        with torch.no_grad():
+            idx = torch.arange(len(self.clean), device=self.clean.device) if todo is None else todo.to(self.clean.device)
+            x = run.param().detach()[idx]
+            ok = objectives.adversarial.succeeded(acts[OUTPUT], self.classes[idx], self.targeted)
+            l2 = (x - self.clean[idx]).flatten(1).norm(dim=1)
+            better = ok & (l2 < self.l2[idx])
+            self.best[idx[better]], self.l2[idx[better]] = x[better], l2[better]
+            self.stalled = torch.zeros_like(self.stalled)
+            if (run.step + 1) % self.check == 0:  # the loss of this step: -objective + squared distance
+                loss = -values.to(l2.device) + l2 ** 2
+                self.stalled[idx] = loss > 0.9999 * self.previous[idx]
+                self.previous[idx] = loss
+        return None
+
+
+def cw(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[int] | None = None,
+       labels: Sequence[int] | torch.Tensor | None = None, eps: float | None = None, norm: str = "l2",
+       steps: int = 100, lr: float = 0.01, c: float = 1.0, search_steps: int = 5, kappa: float = 0.0,
+       abort_early: bool = True, seed: int = 0, progress: bool = True) -> AttackResult:
+    """C&W L2 (same call shape as :func:`fvis.attacks.pgd`; ``eps`` is accepted and ignored).
+
+    ``steps``: Adam steps per constant; ``search_steps``: constants tried per item (binary
+    search from ``c``); ``lr``: Adam's; ``kappa``: confidence of the capped margin.
+    """
+    if norm != "l2":
+        raise FvisError("C&W is an L2 attack (norm l2)")
+    if steps < 1 or search_steps < 1 or not c > 0 or not lr > 0:
+        raise FvisError("steps and search_steps must be >= 1, c and lr > 0")
+    s = setup(model, images, target, labels)
+    b, device = s.clean.shape[0], s.device
+    const = torch.full((b,), float(c), device=device)
+    lower, upper = torch.zeros(b, device=device), torch.full((b,), math.inf, device=device)
+    best, best_l2 = s.clean.clone(), torch.full((b,), math.inf, device=device)
+    best_prob, last = torch.zeros(b, device=device), s.clean.clone()
+    goal = objectives.targeted if s.targeted else objectives.untargeted
+    for k in range(search_steps):
+        param = TanhImage(s.clean).to(device)
+        scale = const.clone()
+        margin = goal(s.classes, "margin", kappa=kappa)
+        objective = objectives.Objective(lambda acts, m=margin, w=scale: acts.rows(w) * m(acts), [OUTPUT],
+                                         "cw", margin.check)
+        smallest = Smallest(s.clean, s.classes, s.targeted, max(steps // 10, 1))
+        abort = [PerItem(stop=lambda acts, values, sm=smallest: sm.stalled[acts.rows(torch.arange(b, device=device))],
+                         skip_done=True)] if abort_early else []
+        result = optimize(model, objective, param, [Distance(s.clean)], steps=steps, lr=lr, optimizer="adam",
+                          seed=seed + k, progress=progress, policies=[smallest, *abort, SkipFinalValues()])
+        last = result.input.to(device)
+        adv_q, score, prob = judge(model, s.clean, smallest.best, math.inf, "l2", s.classes, s.targeted)
+        ok = score > 0
+        l2 = (adv_q - s.clean).flatten(1).norm(dim=1)
+        keep = ok & (l2 < best_l2)
+        best[keep], best_l2[keep], best_prob[keep] = adv_q[keep], l2[keep], prob[keep]
+        upper = torch.where(ok, torch.minimum(upper, const), upper)
+        lower = torch.where(ok, lower, torch.maximum(lower, const))
+        const = torch.where(torch.isinf(upper), const * 10, (lower + upper) / 2)
+    failed = torch.isinf(best_l2)
+    if failed.any():  # no success: the last iterate of the last constant, judged as it is
+        adv_q, _, prob = judge(model, s.clean[failed], last[failed], math.inf, "l2", s.classes[failed], s.targeted)
+        best[failed], best_prob[failed] = adv_q, prob
+    linf, l2 = norms(s.clean, best)
+    settings = {"method": "cw", "norm": "l2", "steps": steps, "search_steps": search_steps, "c": c, "lr": lr,
+                "kappa": kappa, "abort_early": abort_early, "seed": seed, "targeted": s.targeted, "eps": None}
+    return AttackResult(clean=s.clean.cpu(), adversarial=best.cpu(), classes=s.classes.cpu(), targeted=s.targeted,
+                        success=(~failed).cpu(), prob=best_prob.cpu(), linf=linf.cpu(), l2=l2.cpu(),
+                        steps=torch.full((b,), steps * search_steps), restart=torch.zeros(b, dtype=torch.long),
+                        seconds=time.perf_counter() - s.start, settings=settings)
