@@ -114,6 +114,12 @@ def test_atlas_cells_and_their_renders(lite0, photos, tmp_path):
     paths = save_atlas(result, tmp_path / "out", lite0)
     data = json.loads((tmp_path / "out" / "cells.json").read_text())
     assert len(data["cells"]) == len(result.cells) and all(p.is_file() for p in paths)
+    # a class atlas keeps exactly the cells whose direction raises that class most (class_top=1)
+    c = result.cells[0]["classes"][0]["class"]
+    only = atlas(lite0, photos, LAYER, grid=3, min_count=4, steps=1, size=32, views=2, positions=6,
+                 method="pca", bases=1, batch_size=8, cache=tmp_path, cls=c, class_top=1)
+    assert only.acts.cached
+    assert [x["cell"] for x in only.cells] == [x["cell"] for x in result.cells if x["classes"][0]["class"] == c]
 
 
 def test_directions_objective_and_chunked_render(lite0, coffee):
