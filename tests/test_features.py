@@ -160,3 +160,17 @@ def test_bad_input_one_line_exit_2(lite0, photos, tmp_path, monkeypatch, capsys,
     assert main([command, "--model", "efficientnet-lite0", *args, "--out", str(tmp_path / "o"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fvis: error: ") and message in err[0], err
+
+
+@pytest.mark.filterwarnings("ignore:fvis. skipping unreadable")
+def test_cli_map_and_atlas_write_their_files(lite0, photos, tmp_path, monkeypatch, capsys):
+    for command in ("map", "atlas"):
+        monkeypatch.setattr(f"fvis.commands.{command}.load_model", lambda a: lite0)
+    base = ["--model", "efficientnet-lite0", "--images", str(photos), "--method", "pca", "--quiet", "--no-cache"]
+    assert main(["map", *base, "--layer", "_blocks.15", "--out", str(tmp_path / "m")]) == 0
+    assert main(["atlas", *base, "--layer", LAYER, "--grid", "2", "--views", "1", "--positions", "4", "--steps", "2",
+                 "--size", "32", "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr()
+    assert "skipped 1 unreadable (broken.jpg)" in out.out and "fvis: warning: skipping unreadable" in out.err
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"map.csv", "map.json", "map.png"}
+    assert {p.name for p in (tmp_path / "a").iterdir()} == {"atlas.png", "density.png", "cells.json"}
