@@ -49,7 +49,13 @@ def main() -> None:
     p.add_argument("--map-layers", default="_blocks.2,_blocks.15")
     p.add_argument("--map-views", type=int, default=6)
     p.add_argument("--parts", default="maps,atlas", help="what to run: maps, atlas or both")
+    p.add_argument("--save-photos", type=Path, metavar="DIR",
+                   help="only write the 7 offline photos as PNGs into DIR (for `fvis map/atlas --images DIR`)")
     args = p.parse_args()
+    if args.save_photos:
+        for name, im in offline_photos().items():
+            save_image(im, args.save_photos / f"{name}.png")
+        return
     torch.set_num_threads(1)
     model = fvis.load("efficientnet-lite0")
     out = args.out
