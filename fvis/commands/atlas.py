@@ -1,6 +1,7 @@
 """``fvis atlas``: an activation atlas of a layer over a folder of images."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from ..datasets import warnings_as_lines
@@ -38,6 +39,7 @@ def run(args) -> None:
     out = check_writable(args.out)
     model = load_model(args)
     with warnings_as_lines():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")  # the model package's noise
         result = atlas(model, args.images, args.layer, grid=args.grid, min_count=args.min_count, steps=args.steps,
                        size=args.size, views=args.views, positions=args.positions, method=args.method,
                        cls=args.cls, class_top=args.class_top, batch_size=args.batch_size, seed=args.seed,

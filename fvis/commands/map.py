@@ -1,6 +1,7 @@
 """``fvis map``: a 2-D map of a layer's pooled activations over a folder of images."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from ..datasets import warnings_as_lines
@@ -34,6 +35,7 @@ def run(args) -> None:
     out = check_writable(args.out)
     model = load_model(args)
     with warnings_as_lines():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")  # the model package's noise
         fmap = feature_map(model, args.images, args.layer, method=args.method, labels=args.labels, views=args.views,
                            seed=args.seed, batch_size=args.batch_size, cache=False if args.no_cache else None,
                            progress=not args.quiet)

@@ -31,6 +31,7 @@ from ..datasets import ImageFolder
 from ..errors import FvisError
 from ..files import atomic_write, list_images, load_image
 from ..hooks import OUTPUT, Capture, frozen
+from ..progress import progress_bar
 from ..reference import cache_dir
 
 POOLS = ("flatten", "mean")
@@ -262,10 +263,7 @@ def folder_activations(model, images: Images, layer: str, *, pool: str = "mean",
     device = _device(model)
     jobs = [(i, v) for i in range(len(sources)) for v in range(views)]
     vals, img_idx, view_idx, pos, outs, grid = [], [], [], [], [], None
-    batches = range(0, len(jobs), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        batches = tqdm(batches, desc=f"activations of {layer}", leave=False)
+    batches = progress_bar(range(0, len(jobs), batch_size), show=progress, desc=f"activations of {layer}")
     with frozen(model), Capture(model, layers, truncate=not logits) as cap, torch.no_grad():
         planned = False
         for b in batches:
