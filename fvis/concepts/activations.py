@@ -5,7 +5,8 @@ image with :class:`fvis.hooks.Capture`); class images need only the gradient of 
 with respect to each layer's output (one forward and one backward per image, for every layer at
 once). Both are cached as safetensors, one file per layer, keyed by the model's weights, the layer,
 the pooling, the input size and the images (file names, sizes and times for a folder, the bytes
-for a tensor), under ``$FVIS_CACHE/tcav/``.
+for a tensor), under ``$FVIS_CACHE/tcav/``. The generic parts (activations of images, the cache) live in
+:mod:`fvis.features.activations` and are re-exported here.
 
 Representations (``pool``): ``"flatten"`` (the paper's and captum's: the whole ``C*H*W`` map) or
 ``"mean"`` (the per-channel spatial mean, length ``C``; a CAV in this space is a plain channel
@@ -15,76 +16,15 @@ changes the logit by ``sum_hw grad[:, h, w] . v``.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from functools import partial
-from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import torch
-from safetensors.torch import load_file, save
-from torchvision.transforms.v2 import functional as F
 
-from ..datasets import ImageFolder
 from ..errors import FvisError
-from ..files import atomic_write as _atomic_write, list_images
-from ..hooks import Capture, frozen, resolve_layers
-from ..reference import cache_dir
-
-POOLS = ("flatten", "mean")
-Images = Union[torch.Tensor, str, Path]
-
-
-def model_fingerprint(model) -> str:
-    """A digest of the model's name, parameters and buffers (a retrained model never hits the cache)."""
-    h = hashlib.sha256(str(getattr(model, "name", type(model).__name__)).encode())
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:20]
-
-
-def images_key(images: Images, size) -> str:
-    """A digest of an image set: a folder by its files' names, sizes and times; a tensor by its bytes."""
-    h = hashlib.sha256(json.dumps(list(size)).encode())
-    if isinstance(images, torch.Tensor):
-        t = images.detach().cpu().float().contiguous()
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
-    else:
-
-        for f in list_images(images):
-            st = f.stat()
-            h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:20]
-
-
-def load_images(images: Images, model, what: str = "images") -> torch.Tensor:
-    """A folder (resized, centre-cropped to the model's input size) or an ``(N, 3, H, W)`` tensor in [0, 1]."""
-    size = list(model.input_size)
-    if isinstance(images, torch.Tensor):
-        if images.dim() != 4 or images.shape[1] != getattr(model, "channels", 3):
-            raise FvisError(f"{what}: expected a tensor (N, {getattr(model, 'channels', 3)}, H, W) in [0, 1], "
-                            f"got shape {tuple(images.shape)}")
-        x = images.detach().float()
-        return x if list(x.shape[-2:]) == size else F.resize(x, size, antialias=True).clamp(0, 1)
-    data = ImageFolder(images, tuple(size), 32, channels=getattr(model, "channels", 3))
-    parts = [x for _, x in data]
-    if not parts:
-        raise FvisError(f"{what}: no readable images in {images}")
-    return torch.cat(parts)
-
-
-def _device(model) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _represent(t: torch.Tensor, pool: str, grad: bool = False) -> torch.Tensor:
-    t = t.float()
-    if pool == "mean" and t.dim() > 2:
-        return t.flatten(2).sum(-1) if grad else t.flatten(2).mean(-1)
-    return t.flatten(1)
+from ..features.activations import (POOLS, Images, _device, _represent, cached, compute_activations,  # noqa: F401
+                                    images_key, load_images, model_fingerprint)
+from ..hooks import frozen, resolve_layers
 
 
 def check_layers(model, layers: Sequence[str]) -> list[str]:
@@ -96,21 +36,6 @@ def check_layers(model, layers: Sequence[str]) -> list[str]:
         if m is None:
             raise FvisError(f"layer {name!r}: TCAV needs an internal layer, not the model output")
     return layers
-
-
-@torch.no_grad()
-def compute_activations(model, images: torch.Tensor, layers: Sequence[str], pool: str = "flatten",
-                        batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """``{layer: (N, D)}`` float32 on the CPU: one truncated forward per image for all layers."""
-    device = _device(model)
-    parts: dict[str, list] = {l: [] for l in layers}
-    with frozen(model), Capture(model, layers) as cap:
-        cap.plan(images[:1].to(device))
-        for i in range(0, len(images), batch_size):
-            acts = cap.forward(images[i:i + batch_size].to(device))
-            for l in layers:
-                parts[l].append(_represent(acts[l], pool).cpu())
-    return {l: torch.cat(p) for l, p in parts.items()}
 
 
 def compute_gradients(model, images: torch.Tensor, layers: Sequence[str], target: int, pool: str = "flatten",
@@ -155,37 +80,3 @@ def compute_gradients(model, images: torch.Tensor, layers: Sequence[str], target
             for h in handles:
                 h.remove()
     return {l: torch.cat(p) for l, p in parts.items()}
-
-
-def cached(kind: str, model, images: Images, layers: Sequence[str], pool: str, cache, compute,
-           extra: str = "", fingerprint: str | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """Per-layer cache around ``compute(images_tensor, missing_layers) -> {layer: (N, D)}``.
-    Returns the activations and the loaded image tensor (``None`` if everything came from the cache)."""
-
-    size = tuple(model.input_size)
-    out: dict[str, torch.Tensor] = {}
-    paths: dict[str, Path] = {}
-    if cache is not False:
-
-        root = Path(cache or cache_dir()) / "tcav"
-        fp = fingerprint or model_fingerprint(model)
-        ik = images_key(images, size)
-        for l in layers:
-            key = hashlib.sha256(json.dumps([kind, fp, ik, l, pool, extra]).encode()).hexdigest()[:24]
-            paths[l] = root / f"{kind}-{key}.safetensors"
-            if paths[l].is_file():
-                try:
-                    out[l] = load_file(str(paths[l]))["values"]
-                except Exception:  # unreadable cache file: recompute and overwrite
-                    pass
-    missing = [l for l in layers if l not in out]
-    x = None
-    if missing:
-        x = load_images(images, model)
-        new = compute(x, missing)
-        for l in missing:
-            out[l] = new[l]
-            if l in paths:
-                blob = save({"values": new[l].contiguous()})
-                _atomic_write(paths[l], lambda f, b=blob: f.write(b))
-    return out, x
