@@ -154,7 +154,7 @@ def test_map_files_and_labels(lite0, photos, tmp_path):
     ("atlas", ["--layer", LAYER, "--images", "PHOTOS", "--class", "espreso"], "unknown class name"),
 ])
 def test_bad_input_one_line_exit_2(lite0, photos, tmp_path, monkeypatch, capsys, command, args, message):
-    monkeypatch.setattr(f"fvis.commands.{command}.load_model", lambda a: lite0)
+    monkeypatch.setattr("fvis.commands._args.load_model", lambda a: lite0)
     (tmp_path / "empty").mkdir()
     args = [{"EMPTY": str(tmp_path / "empty"), "PHOTOS": str(photos)}.get(a, a) for a in args]
     assert main([command, "--model", "efficientnet-lite0", *args, "--out", str(tmp_path / "o"), "--quiet"]) == 2
@@ -165,7 +165,7 @@ def test_bad_input_one_line_exit_2(lite0, photos, tmp_path, monkeypatch, capsys,
 @pytest.mark.filterwarnings("ignore:fvis. skipping unreadable")
 def test_cli_map_and_atlas_write_their_files(lite0, photos, tmp_path, monkeypatch, capsys):
     for command in ("map", "atlas"):
-        monkeypatch.setattr(f"fvis.commands.{command}.load_model", lambda a: lite0)
+        monkeypatch.setattr("fvis.commands._args.load_model", lambda a: lite0)
     base = ["--model", "efficientnet-lite0", "--images", str(photos), "--method", "pca", "--quiet", "--no-cache"]
     assert main(["map", *base, "--layer", "_blocks.15", "--out", str(tmp_path / "m")]) == 0
     assert main(["atlas", *base, "--layer", LAYER, "--grid", "2", "--views", "1", "--positions", "4", "--steps", "2",

@@ -3,8 +3,12 @@ the library)."""
 from __future__ import annotations
 
 import argparse
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
+from ..datasets import warnings_as_lines
+from ..files import check_writable, list_images
 from ..models import ImageModel, load
 
 MODEL_HELP = ("efficientnet-lite0/1/2 (offline), a torchvision classifier name (e.g. resnet50), "
@@ -87,3 +91,26 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def load_model(args: argparse.Namespace) -> ImageModel:
     """The image model the flags of :func:`add_model_args` name."""
     return load(args.model, args.weights, args.device, mean=args.mean, std=args.std, input_size=args.input_size)
+
+
+def folder_out_model(args: argparse.Namespace):
+    """For commands over an image folder: check ``args.images`` (missing or empty: one clear line) and
+    ``args.out`` before loading the model; returns ``(out, model)``."""
+    list_images(args.images)
+    out = check_writable(args.out)
+    return out, load_model(args)
+
+
+def add_folder_command_args(p: argparse.ArgumentParser) -> None:
+    """``--no-cache`` (activation cache), the run flags and the model flags of a folder command."""
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the activation cache")
+    add_run_args(p)
+    add_model_args(p)
+
+
+@contextmanager
+def warnings_as_lines_quiet_model():
+    """Warnings as one line each, without the model package's ``torch.jit.script`` deprecation noise."""
+    with warnings_as_lines():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")
+        yield

@@ -1,14 +1,12 @@
 """``fvis atlas``: an activation atlas of a layer over a folder of images."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-from ..datasets import warnings_as_lines
 from ..features.atlas import atlas, save_atlas
 from ..features.embed import METHODS
-from ..files import check_writable, list_images
-from ._args import MODEL_HELP, add_model_args, add_run_args, load_model, positive_int
+from ._args import (MODEL_HELP, add_folder_command_args, folder_out_model, positive_int,
+                    warnings_as_lines_quiet_model)
 
 HELP = "activation atlas: a layer's spatial activations laid out in 2-D, each grid cell's mean rendered"
 
@@ -29,17 +27,12 @@ def add_arguments(p) -> None:
                    help="only cells whose direction has class C (index or name) among the classes it raises most")
     p.add_argument("--class-top", type=positive_int, default=10, help="how many top raised classes --class looks at")
     p.add_argument("--batch-size", type=positive_int, default=32, help="cells rendered together in one run")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the activation cache")
-    add_run_args(p)
-    add_model_args(p)
+    add_folder_command_args(p)
 
 
 def run(args) -> None:
-    list_images(args.images)  # missing or empty folder: one clear line before loading the model
-    out = check_writable(args.out)
-    model = load_model(args)
-    with warnings_as_lines():
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")  # the model package's noise
+    out, model = folder_out_model(args)
+    with warnings_as_lines_quiet_model():
         result = atlas(model, args.images, args.layer, grid=args.grid, min_count=args.min_count, steps=args.steps,
                        size=args.size, views=args.views, positions=args.positions, method=args.method,
                        cls=args.cls, class_top=args.class_top, batch_size=args.batch_size, seed=args.seed,

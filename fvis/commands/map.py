@@ -1,14 +1,12 @@
 """``fvis map``: a 2-D map of a layer's pooled activations over a folder of images."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
-from ..datasets import warnings_as_lines
 from ..features.embed import METHODS
 from ..features.maps import LABELS, feature_map, save_map
-from ..files import check_writable, list_images
-from ._args import MODEL_HELP, add_model_args, add_run_args, load_model, positive_int
+from ._args import (MODEL_HELP, add_folder_command_args, folder_out_model, positive_int,
+                    warnings_as_lines_quiet_model)
 
 HELP = "map of a feature space: PCA / t-SNE / UMAP of a layer's pooled activations over a folder"
 
@@ -25,17 +23,12 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per forward")
     p.add_argument("--max-thumbnails", type=positive_int, default=120,
                    help="draw thumbnails up to this many points, a colour-coded scatter above")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the activation cache")
-    add_run_args(p)
-    add_model_args(p)
+    add_folder_command_args(p)
 
 
 def run(args) -> None:
-    list_images(args.images)  # missing or empty folder: one clear line before loading the model
-    out = check_writable(args.out)
-    model = load_model(args)
-    with warnings_as_lines():
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")  # the model package's noise
+    out, model = folder_out_model(args)
+    with warnings_as_lines_quiet_model():
         fmap = feature_map(model, args.images, args.layer, method=args.method, labels=args.labels, views=args.views,
                            seed=args.seed, batch_size=args.batch_size, cache=False if args.no_cache else None,
                            progress=not args.quiet)
