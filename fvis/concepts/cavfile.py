@@ -102,7 +102,7 @@ class Sensitivity:
 
 
 def sensitivity(model, images, cavs: CAVSet | str | Path, target: int | str | None = None,
-                names: Sequence[str] | None = None, batch_size: int = 16) -> Sensitivity:
+                names: Sequence[str] | None = None, batch_size: int | None = None) -> Sensitivity:
     """Concept sensitivity of new ``images`` (a tensor ``(N, 3, H, W)`` in [0, 1], or a folder)
     along every CAV in ``cavs`` (a :class:`CAVSet` or a file): one forward and backward per image,
     no refit. ``target``: default the class the CAVs were tested for."""

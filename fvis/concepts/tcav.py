@@ -368,7 +368,7 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
          relative: bool = False, seed: int = 0, *, pool: str = "flatten", l2: float = 1e-2,
          test_fraction: float = 0.25, random_size: int | None = None, min_images: int = 10,
          alpha: float = 0.05, test: str = "runs", equal_var: bool = True, cache: str | Path | None | bool = None,
-         batch_size: int = 32) -> TCAVResult:
+         batch_size: int | None = None) -> TCAVResult:
     """TCAV scores of class ``target`` for each concept at each layer, tested against random CAVs.
 
     Args:
