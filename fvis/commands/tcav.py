@@ -26,6 +26,7 @@ import io as _io
 from pathlib import Path
 
 from ..concepts import synthetic
+from ..concepts.activations import check_counts, check_layers, check_target
 from ..concepts.cavfile import load_cavs, sensitivity
 from ..concepts.synthetic import random_crops
 from ..concepts.tcav import tcav
@@ -120,14 +121,18 @@ def _run(args) -> None:
     if missing:
         raise FvisError(f"fvis tcav needs {', '.join(missing)} (or --explain IMAGE --cavs DIR)")
     out = check_writable(args.out)
+    for flag, folder in (("--class-images", args.class_images), ("--random", args.random)):
+        if not Path(folder).is_dir():
+            raise FvisError(f"{flag}: not a folder: {folder}")
     model = load_model(args)
-    layers = [l.strip() for l in args.layer.split(",") if l.strip()]
+    # every check before the first line of output
+    layers = check_layers(model, [l.strip() for l in args.layer.split(",") if l.strip()])
+    check_target(model, args.target)
     concepts = _concepts(args.concept, model, args.synthetic_count, args.seed)
-    if not Path(args.class_images).is_dir():
-        raise FvisError(f"--class-images: not a folder: {args.class_images}")
     for name, src in concepts.items():
         if isinstance(src, Path) and src.resolve() == Path(args.random).resolve():
             raise FvisError(f"concept {name!r} and --random are the same folder ({src})")
+    check_counts(concepts, None, args.runs, args.min_images)
     random = _random_pool(args, model, concepts, say)
     say(f"TCAV of {args.target!r} on {model.name}: {len(concepts)} concept(s) x {len(layers)} layer(s), "
         f"{args.runs} runs, {args.cav} CAVs")

@@ -94,6 +94,58 @@ def _represent(t: torch.Tensor, pool: str, grad: bool = False) -> torch.Tensor:
     return t.flatten(1)
 
 
+def check_target(model, target: int | str) -> tuple[int, str]:
+    """``(index, name)`` of a class index or name, checked against the model before any long work:
+    by its ``class_names``, else by the width of its output on one blank image."""
+    from ..classes import resolve_class
+
+    names = getattr(model, "class_names", None)
+    if names is not None:
+        index = resolve_class(target, names)
+        return index, names[index]
+    if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
+        raise FvisError(f"target {target!r} is a name but the model has no class names: give an index")
+    index = int(target)
+    x = torch.zeros(1, getattr(model, "channels", 3), *model.input_size, device=_device(model))
+    with torch.no_grad(), frozen(model):
+        out = model(x)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise FvisError("TCAV needs a classifier: the model output must be (batch, classes)")
+    if not 0 <= index < out.shape[1]:
+        raise FvisError(f"target class {index} out of range: the model has {out.shape[1]} classes "
+                        f"(valid 0..{out.shape[1] - 1})")
+    return index, str(index)
+
+
+def count_images(images: Images) -> int:
+    """How many images a tensor or a folder holds (nothing decoded)."""
+    if isinstance(images, torch.Tensor):
+        return len(images)
+    from ..io import list_images
+
+    return len(list_images(images))
+
+
+def check_counts(concepts: dict, random: Images | None, runs: int, min_images: int,
+                 random_size: int | None = None) -> None:
+    """The image counts a TCAV run needs, checked before any forward pass (``random=None``: only
+    the concepts')."""
+    sizes = {name: count_images(src) for name, src in concepts.items()}
+    for name, n in sizes.items():
+        if n < min_images:
+            raise FvisError(f"concept {name!r} has {n} images; each run needs at least {min_images} "
+                            f"(some are held out to measure the CAV accuracy)")
+    if random is None:
+        return
+    pool_n = count_images(random)
+    m = random_size or min(max(sizes.values()), pool_n // runs)
+    if m < min_images or runs * m > pool_n:
+        need = runs * max(m, min_images)
+        raise FvisError(f"the random pool has {pool_n} images, but {runs} disjoint random sets of "
+                        f"{max(m, min_images)} need {need}: add images, use crops "
+                        f"(fvis.concepts.random_crops / --random-crops), or fewer runs")
+
+
 def check_layers(model, layers: Sequence[str]) -> list[str]:
     layers = list(dict.fromkeys(layers))
     if not layers:

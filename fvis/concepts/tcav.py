@@ -60,8 +60,8 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import FvisError
-from .activations import (POOLS, Images, cached, check_layers, compute_activations, compute_gradients,
-                          images_key, model_fingerprint)
+from .activations import (POOLS, Images, cached, check_counts, check_layers, check_target, compute_activations,
+                          compute_gradients, images_key, model_fingerprint)
 
 CAV_METHODS = ("logistic", "svm", "fastcav")
 
@@ -401,8 +401,6 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
     accuracies, the CAVs, the p-value against the layer's random-vs-random scores, its Bonferroni
     correction and significance; ``.random[layer]`` holds the null runs.
     """
-    from ..classes import resolve_class
-
     layers = check_layers(model, [layers] if isinstance(layers, str) else list(layers))
     if cav not in CAV_METHODS:
         raise FvisError(f"unknown CAV classifier {cav!r}: choose one of {', '.join(CAV_METHODS)}")
@@ -421,13 +419,7 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
         raise FvisError("relative TCAV needs at least two concepts (each is fitted against the others)")
     if "random" in concepts:
         raise FvisError("'random' is reserved for the random-vs-random null; rename that concept")
-    names = getattr(model, "class_names", None)
-    if isinstance(target, str) and not target.strip().lstrip("-").isdigit() and names is None:
-        raise FvisError(f"target {target!r} is a name but the model has no class names: give an index")
-    target = resolve_class(target, names) if names is not None else int(target)
-    if target < 0:
-        raise FvisError(f"target class {target} out of range")
-    target_name = names[target] if names is not None else str(target)
+    target, target_name = check_target(model, target)
 
     size = tuple(model.input_size)
     keys = {"random": images_key(random, size)}
@@ -437,6 +429,7 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
                 and Path(src).resolve() == Path(random).resolve() or keys[name] == keys["random"]:
             raise FvisError(f"concept {name!r} and the random images are the same images ({_source_name(src)}): "
                             f"a concept must differ from the random pool")
+    check_counts(concepts, random, runs, min_images, random_size)  # before any forward pass
     fp = model_fingerprint(model)
 
     def acts_of(src):
