@@ -360,26 +360,37 @@ def test_cli_tcav_run_and_explain(tiny, tmp_path, monkeypatch, capsys):
     assert len(ex["records"]) == 6 * 6 and (tmp_path / "ex" / "explain.png").is_file()
 
 
-def test_cli_bad_inputs(tiny, tmp_path, monkeypatch):
+def test_cli_bad_inputs(tiny, tmp_path, monkeypatch, capsys):
+    """Each bad input of the issue: one ``fvis: error:`` line on stderr, exit 2, nothing on stdout
+    before it (every check runs before the first line of output)."""
+    from fvis.cli import main
+
     monkeypatch.setattr("fvis.commands.tcav.load_model", lambda args: tiny)
     cls = C.save_folder(backgrounds(4, 1), tmp_path / "class")
+    photos = C.save_folder(backgrounds(3, 4), tmp_path / "photos")  # too few: the command makes crops
     few = C.save_folder(C.colour("red", 3, S), tmp_path / "few")
-    base = ["--model", "tiny", "--layer", "2", "--target", "1", "--class-images", str(cls), "--random", str(cls),
-            "--runs", "3", "--no-cache", "--out", str(tmp_path / "o")]
-    with pytest.raises(fvis.FvisError, match="needs --concept"):
-        _cli(base)
-    with pytest.raises(fvis.FvisError, match="concept 'few' has 3 images"):
-        _cli(base + ["--concept", f"few={few}", "--random-crops", "40"])
-    with pytest.raises(fvis.FvisError, match="same folder"):
-        _cli(base + ["--concept", f"same={cls}"])
-    with pytest.raises(fvis.FvisError, match="unknown layer"):
-        _cli(base[:2] + ["--layer", "99"] + base[4:] + ["--concept", "s=synthetic:dots"])
-    with pytest.raises(fvis.FvisError, match="out of range"):
-        _cli(base[:4] + ["--target", "3"] + base[6:] + ["--concept", "s=synthetic:dots"])
-    with pytest.raises(fvis.FvisError, match="NAME=DIR"):
-        _cli(base + ["--concept", "stripes"])
-    with pytest.raises(fvis.FvisError, match="needs --cavs"):
-        _cli(["--model", "tiny", "--explain", str(cls)])
+    base = ["tcav", "--model", "tiny", "--layer", "2", "--target", "1", "--class-images", str(cls),
+            "--random", str(photos), "--runs", "3", "--no-cache", "--out", str(tmp_path / "o")]
+    dots = ["--concept", "s=synthetic:dots"]
+
+    def fails(argv, message):
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "", (code, out, err)
+        assert err.startswith("fvis: error: ") and err.count("\n") == 1 and message in err, err
+
+    fails(base, "needs --concept")
+    fails(base + ["--concept", f"few={few}"], "concept 'few' has 3 images")
+    fails(base + ["--concept", f"same={photos}"], "same folder")
+    fails(base[:3] + ["--layer", "99"] + base[5:] + dots, "unknown layer")
+    fails(base[:5] + ["--target", "3"] + base[7:] + dots, "out of range")
+    fails(base[:5] + ["--target", "zebra"] + base[7:] + dots, "unknown class name")
+    fails(base + ["--concept", "stripes"], "NAME=DIR")
+    fails(base[:10] + [str(tmp_path / "nowhere")] + base[11:] + dots, "--random: not a folder")
+    fails(base + dots + ["--random-crops", "20", "--min-images", "8"], "random pool has 20 images")
+    fails(["tcav", "--model", "tiny", "--explain", str(cls)], "needs --cavs")
+    fails(["tcav", "--model", "tiny", "--explain", str(cls), "--cavs", str(cls)], "CAV file not found")
+    assert not (tmp_path / "o" / "tcav.json").exists()
 
 
 def test_saved_cav_renders_as_a_direction_objective(tiny, tmp_path):

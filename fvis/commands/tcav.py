@@ -99,6 +99,7 @@ def _random_pool(args, model, concepts: dict, say):
     crops = args.random_crops
     if crops is None and len(files) < need:
         crops = need
+    check_counts(concepts, crops or len(files), args.runs, args.min_images, args.random_size)
     if not crops:
         return Path(args.random)
     say(f"random pool: {crops} random crops of the {len(files)} images in {args.random}")

@@ -126,10 +126,10 @@ def count_images(images: Images) -> int:
     return len(list_images(images))
 
 
-def check_counts(concepts: dict, random: Images | None, runs: int, min_images: int,
+def check_counts(concepts: dict, random: Images | int | None, runs: int, min_images: int,
                  random_size: int | None = None) -> None:
-    """The image counts a TCAV run needs, checked before any forward pass (``random=None``: only
-    the concepts')."""
+    """The image counts a TCAV run needs, checked before any forward pass (``random``: the pool,
+    or its size; ``None``: only the concepts')."""
     sizes = {name: count_images(src) for name, src in concepts.items()}
     for name, n in sizes.items():
         if n < min_images:
@@ -137,7 +137,7 @@ def check_counts(concepts: dict, random: Images | None, runs: int, min_images: i
                             f"(some are held out to measure the CAV accuracy)")
     if random is None:
         return
-    pool_n = count_images(random)
+    pool_n = random if isinstance(random, int) else count_images(random)
     m = random_size or min(max(sizes.values()), pool_n // runs)
     if m < min_images or runs * m > pool_n:
         need = runs * max(m, min_images)
