@@ -76,12 +76,12 @@ def load_cavs(path: str | Path) -> CAVSet:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {})[META_KEY])
             t = {k: f.get_tensor(k) for k in f.keys()}
-    except (KeyError, ValueError, OSError, RuntimeError) as e:
+        n = len(meta["entries"])
+        return CAVSet(meta["entries"], [t[f"cav.{i}"] for i in range(n)], [t[f"bias.{i}"] for i in range(n)],
+                      [t[f"norm.{i}"] for i in range(n)], [t[f"accuracy.{i}"] for i in range(n)],
+                      meta["settings"], meta["layer_shapes"])
+    except Exception as e:  # safetensors' own errors derive from Exception only
         raise FvisError(f"{path} is not an fvis CAV file ({type(e).__name__}: {e})") from None
-    n = len(meta["entries"])
-    return CAVSet(meta["entries"], [t[f"cav.{i}"] for i in range(n)], [t[f"bias.{i}"] for i in range(n)],
-                  [t[f"norm.{i}"] for i in range(n)], [t[f"accuracy.{i}"] for i in range(n)],
-                  meta["settings"], meta["layer_shapes"])
 
 
 @dataclass
