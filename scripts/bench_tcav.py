@@ -33,7 +33,7 @@ import json
 import platform
 import random as pyrandom
 import shutil
-import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -154,7 +154,7 @@ def captum_cavs(tc, layer, pairs):
 # ----------------------------------------------------------------------------- one comparison
 
 
-def compare(model, args, runs: int, n_concept: int, agreement: bool) -> dict:
+def compare(model, args, runs: int, n_concept: int, agreement: bool, with_captum: bool = True) -> dict:
     from scipy import stats
 
     from fvis import concepts as C
@@ -165,117 +165,131 @@ def compare(model, args, runs: int, n_concept: int, agreement: bool) -> dict:
     cls, pool, concepts = make_images(runs, n_concept, args.class_images)
     sets = random_sets(len(pool), runs, n_concept, seed=0)
     cons, rnds, experimental = captum_concepts(concepts, pool, sets)
-    times = {"fvis_cold": [], "fvis_warm": [], "captum_cold": [], "captum_warm": []}
     row: dict = {"runs": runs, "concept_images": n_concept, "random_set_size": n_concept,
-                 "random_pool": len(pool), "class_images": len(cls), "captum_cavs": len(experimental)}
+                 "random_pool": len(pool), "class_images": len(cls), "fvis_cavs": (len(concepts) + runs - 1) * runs,
+                 "captum_cavs": len(experimental),
+                 "fvis_images_forwarded": len(pool) + sum(len(x) for x in concepts.values()),
+                 "captum_images_forwarded": sum(len(a.data_iter.dataset) + len(b.data_iter.dataset)
+                                                for a, b in experimental)}
     with tempfile.TemporaryDirectory() as tmp:
-        for rnd in range(args.rounds):
-            fcache, cpath = Path(tmp) / f"fvis{rnd}", Path(tmp) / f"captum{rnd}"
-            s, r = run_fvis(model, layer, target, cls, concepts, pool, runs, fcache)
-            times["fvis_cold"].append(s)
-            s, out, tc = run_captum(model, layer, target, cls, experimental, cpath)
-            times["captum_cold"].append(s)
-            s, r = run_fvis(model, layer, target, cls, concepts, pool, runs, fcache)
-            times["fvis_warm"].append(s)
-            shutil.rmtree(cpath / "default_model_id")  # the CAV files: refit, keep the activations
-            s, out, tc = run_captum(model, layer, target, cls, experimental, cpath)
-            times["captum_warm"].append(s)
+        fcache, cpath = Path(tmp) / "fvis", Path(tmp) / "captum"
+        row["fvis_cold"], r = run_fvis(model, layer, target, cls, concepts, pool, runs, fcache)
+        row["fvis_warm"], r = run_fvis(model, layer, target, cls, concepts, pool, runs, fcache)
         assert r.settings["random_size"] == n_concept
-        for k, v in times.items():
-            row[k] = statistics.median(v)
-            row[k + "_all"] = [round(x, 2) for x in v]
+        row["fvis_scores"] = {c.name: r.get(c.name, layer).score_mean for c in cons}
+        if not with_captum:
+            return row
+        row["captum_cold"], out, tc = run_captum(model, layer, target, cls, experimental, cpath)
         row["speedup_cold"] = row["captum_cold"] / row["fvis_cold"]
-        row["speedup_warm"] = row["captum_warm"] / row["fvis_warm"]
-        row["fvis_cavs"] = (len(concepts) + runs - 1) * runs
+        row["captum_scores"] = {c.name: captum_scores(out, layer, [(c, q) for q in rnds]).mean().item() for c in cons}
+        if not agreement:
+            return row
         null_pairs = [(rnds[(i + 1) % runs], rnds[i]) for i in range(runs)]
         cap_null = captum_scores(out, layer, null_pairs)
         row["concepts"] = {}
-        for j, c in enumerate(cons):
-            pairs = [(c, rnds[i]) for i in range(runs)]
+        for c in cons:
             fr = r.get(c.name, layer)
-            cap = captum_scores(out, layer, pairs)
+            cap = captum_scores(out, layer, [(c, q) for q in rnds])
             row["concepts"][c.name] = {
                 "fvis_score": fr.score_mean, "fvis_std": fr.score_std, "fvis_p": fr.p_value,
-                "fvis_cav_accuracy": fr.accuracies.mean().item(),
+                "fvis_p_sets": fr.p_sets, "fvis_cav_accuracy": fr.accuracies.mean().item(),
                 "captum_score": cap.mean().item(), "captum_std": cap.std().item(),
                 "captum_p": float(stats.ttest_ind(cap.numpy(), cap_null.numpy()).pvalue),
                 "own_cavs_welch_p": float(stats.ttest_ind(fr.scores.numpy(), cap.numpy(), equal_var=False).pvalue),
                 "fvis_scores": [round(x, 4) for x in fr.scores.tolist()], "captum_scores": cap.tolist()}
         row["null"] = {"fvis_score": r.random[layer].score_mean, "fvis_std": r.random[layer].score_std,
                        "captum_score": cap_null.mean().item(), "captum_std": cap_null.std().item()}
-        if agreement:
-            # (b) captum's SGD CAVs scored by fvis on fvis's own gradients
-            from fvis.concepts.activations import compute_gradients
+        # (b) captum's SGD CAVs scored by fvis on fvis's own gradients
+        from fvis.concepts.activations import compute_gradients
 
-            grads = compute_gradients(model, cls, [layer], target)[layer]
-            all_pairs = [(c, rnds[i]) for c in cons for i in range(runs)] + null_pairs
-            ccavs = captum_cavs(tc, layer, all_pairs)
-            fv = C.scores(grads, ccavs)[0]
-            row["agree_captum_cavs_max_abs_diff"] = (fv - torch.cat(
-                [captum_scores(out, layer, all_pairs)])).abs().max().item()
-            # (a) captum's pipeline with fvis's CAVs
-            table = {(c.id, rnds[i].id): r.get(c.name, layer).cavs[i] for c in cons for i in range(runs)}
-            table.update({(rnds[(i + 1) % runs].id, rnds[i].id): r.random[layer].cavs[i] for i in range(runs)})
-            _, out2, _ = run_captum(model, layer, target, cls, experimental, Path(tmp) / "captum_fixed",
-                                    classifier=fixed_classifier(table))
-            ours = torch.cat([r.get(c.name, layer).scores for c in cons] + [r.random[layer].scores])
-            row["agree_fvis_cavs_max_abs_diff"] = (captum_scores(out2, layer, all_pairs) - ours).abs().max().item()
-            row["agree_fvis_cavs_n"] = len(all_pairs)
-            # cosine between the two tools' CAVs for the same pair
-            fc = torch.cat([r.get(c.name, layer).cavs for c in cons] + [r.random[layer].cavs])
-            cos = torch.nn.functional.cosine_similarity(fc, ccavs, dim=1)
-            row["cav_cosine_fvis_vs_captum"] = {"concepts_mean": cos[:len(cons) * runs].mean().item(),
-                                               "null_mean": cos[len(cons) * runs:].mean().item()}
+        grads = compute_gradients(model, cls, [layer], target)[layer]
+        all_pairs = [(c, q) for c in cons for q in rnds] + null_pairs
+        ccavs = captum_cavs(tc, layer, all_pairs)
+        row["agree_captum_cavs_max_abs_diff"] = (C.scores(grads, ccavs)[0]
+                                                 - captum_scores(out, layer, all_pairs)).abs().max().item()
+        # (a) captum's pipeline (its activations on disk from the timed run, its gradients and scoring)
+        # with fvis's CAVs; its activation regeneration is skipped here: this run is not timed
+        from captum.concept import TCAV
+
+        table = {(c.id, rnds[i].id): r.get(c.name, layer).cavs[i] for c in cons for i in range(runs)}
+        table.update({(rnds[(i + 1) % runs].id, rnds[i].id): r.random[layer].cavs[i] for i in range(runs)})
+        shutil.rmtree(cpath / "default_model_id")
+        regenerate, TCAV.generate_activations = TCAV.generate_activations, lambda self, concept_layers: None
+        try:
+            _, out2, _ = run_captum(model, layer, target, cls, experimental, cpath, classifier=fixed_classifier(table))
+        finally:
+            TCAV.generate_activations = regenerate
+        ours = torch.cat([r.get(c.name, layer).scores for c in cons] + [r.random[layer].scores])
+        row["agree_fvis_cavs_max_abs_diff"] = (captum_scores(out2, layer, all_pairs) - ours).abs().max().item()
+        row["agree_n_cavs"] = len(all_pairs)
+        fc = torch.cat([r.get(c.name, layer).cavs for c in cons] + [r.random[layer].cavs])
+        cos = torch.nn.functional.cosine_similarity(fc, ccavs, dim=1)
+        row["cav_cosine_fvis_vs_captum"] = {"concepts_mean": cos[:len(cons) * runs].mean().item(),
+                                           "null_mean": cos[len(cons) * runs:].mean().item()}
     return row
 
 
-def table(rows) -> str:
-    lines = ["| runs | images (concept / random set / pool / class) | CAVs fvis / captum | fvis cold s | captum cold s | "
-             "cold speedup | fvis warm s | captum warm s | warm speedup |", "|---|---|---|---|---|---|---|---|---|"]
+def growth_table(rows) -> str:
+    lines = ["| runs | random pool | CAVs fvis / captum | images forwarded fvis / captum | fvis cold s | fvis warm s | "
+             "captum cold s | speedup |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['runs']} | {r['concept_images']} / {r['random_set_size']} / {r['random_pool']} / "
-                     f"{r['class_images']} | {r['fvis_cavs']} / {r['captum_cavs']} | {r['fvis_cold']:.1f} | "
-                     f"{r['captum_cold']:.1f} | {r['speedup_cold']:.1f}x | {r['fvis_warm']:.2f} | "
-                     f"{r['captum_warm']:.1f} | {r['speedup_warm']:.1f}x |")
+        cap = r.get("captum_cold")
+        speed = f"{cap / r['fvis_cold']:.1f}x" if cap else ""
+        lines.append(f"| {r['runs']} | {r['random_pool']} | {r['fvis_cavs']} / {r['captum_cavs']} | "
+                     f"{r['fvis_images_forwarded']} / {r['captum_images_forwarded']} | {r['fvis_cold']:.1f} | "
+                     f"{r['fvis_warm']:.2f} | {f'{cap:.1f}' if cap else 'not run'} | "
+                     f"{speed} |")
     return "\n".join(lines)
+
+
+def write(out: Path, name: str, args, rows, text: str) -> None:
+    import captum
+
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python scripts/bench_tcav.py " + " ".join(args.argv)
+    report = {"command": command, "layer": args.layer, "target": args.target, "model": "efficientnet-lite0",
+              "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+              "captum": captum.__version__, "machine": platform.processor() or platform.machine(), "rows": rows}
+    (out / f"bench_tcav_{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / f"bench_tcav_{name}.md").write_text(f"`{command}`\n\n{text}\n")
+
+
+def table(rows) -> str:
+    return growth_table(rows)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--growth", default=None, help="comma-separated run counts (no agreement checks)")
+    p.add_argument("--growth", default=None, help="comma-separated run counts: time against runs, forwards taken out")
     p.add_argument("--concept-images", type=int, default=50, help="images per concept and per random set")
     p.add_argument("--class-images", type=int, default=20)
     p.add_argument("--layer", default=DEFAULT_LAYER)
     p.add_argument("--target", default="espresso")
-    p.add_argument("--rounds", type=int, default=1, help="timed rounds per tool (medians reported)")
+    p.add_argument("--captum-max-runs", type=int, default=1000, help="growth: run captum only up to this many runs")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-
-    import captum
 
     import fvis
 
     warnings.filterwarnings("ignore")  # captum's and scikit-learn's per-CAV warnings (SGD not converged...)
-
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     model = fvis.load("efficientnet-lite0")
-    growth = [int(x) for x in args.growth.split(",")] if args.growth else None
-    rows = []
-    for runs in growth or [args.runs]:
-        row = compare(model, args, runs, args.concept_images, agreement=growth is None)
-        rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "concepts"}, indent=1), flush=True)
-    report = {"command": "python scripts/bench_tcav.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-              "layer": args.layer, "target": args.target, "model": "efficientnet-lite0",
-              "torch_threads": torch.get_num_threads(), "captum": captum.__version__, "torch": torch.__version__,
-              "machine": platform.processor() or platform.machine(), "rows": rows}
-    print(table(rows))
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        name = f"growth_{'-'.join(map(str, growth))}" if growth else f"runs{args.runs}"
-        (out / f"bench_tcav_{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-        (out / f"bench_tcav_{name}.md").write_text(f"`{report['command']}`\n\n{table(rows)}\n")
+    out = Path(args.out) if args.out else None
+    if args.growth:
+        rows, counts = [], [int(x) for x in args.growth.split(",")]
+        for runs in counts:
+            rows.append(compare(model, args, runs, args.concept_images, False, runs <= args.captum_max_runs))
+            print(json.dumps(rows[-1]), flush=True)
+            if out is not None:
+                write(out, f"growth_{'-'.join(map(str, counts))}", args, rows, growth_table(rows))
+        print(growth_table(rows))
+        return
+    row = compare(model, args, args.runs, args.concept_images, agreement=True)
+    print(json.dumps({k: v for k, v in row.items() if k != "concepts"}, indent=1))
+    print(table([row]))
+    if out is not None:
+        write(out, f"runs{args.runs}", args, [row], table([row]))
 
 
 if __name__ == "__main__":

@@ -201,7 +201,7 @@ def plot_tcav(result, path: Path) -> Path:
     ax.set_ylabel("TCAV score (share of class images)")
     ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
     s = result.settings
-    ax.set_title(f"TCAV: {s.get('target_name')} on {s.get('model')} ({s.get('cav')}, {s.get('runs')} runs"
+    ax.set_title(f"TCAV: {s.get('target_name')} on {s.get('model')}\n({s.get('cav')}, {s.get('runs')} runs"
                  f"{', relative' if s.get('relative') else ''}); * significant, hatched not", fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
