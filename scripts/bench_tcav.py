@@ -89,7 +89,9 @@ def run_fvis(model, layer, target, cls, concepts, pool, runs, cache, seed=0):
 def _loader(x):
     from torch.utils.data import DataLoader, TensorDataset
 
-    return DataLoader(TensorDataset(x), batch_size=8,  # fvis's CPU batch
+    from fvis.concepts.activations import CPU_BATCH
+
+    return DataLoader(TensorDataset(x), batch_size=CPU_BATCH,  # the same batch as fvis on the CPU
                       collate_fn=lambda b: torch.stack([t[0] for t in b]))
 
 

@@ -261,14 +261,21 @@ def _unit(W: torch.Tensor) -> torch.Tensor:
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def accuracy(X: torch.Tensor, problems: Sequence[Problem], weights: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Held-out accuracy per problem ``(K,)``."""
-    out = []
+def accuracy(X: torch.Tensor, problems: Sequence[Problem], weights: torch.Tensor, bias: torch.Tensor,
+             chunk: int = 64) -> torch.Tensor:
+    """Held-out accuracy per problem ``(K,)``: the test rows of ``chunk`` problems gathered at once."""
+    n = max(len(p.pos_test) + len(p.neg_test) for p in problems)
+    K = len(problems)
+    idx, sign, mask = torch.zeros(K, n, dtype=torch.long), torch.zeros(K, n), torch.zeros(K, n)
     for k, p in enumerate(problems):
-        f_pos = X[p.pos_test].float() @ weights[k] + bias[k]
-        f_neg = X[p.neg_test].float() @ weights[k] + bias[k]
-        out.append(((f_pos > 0).sum() + (f_neg <= 0).sum()).item() / max(1, len(p.pos_test) + len(p.neg_test)))
-    return torch.tensor(out)
+        a, b = len(p.pos_test), len(p.pos_test) + len(p.neg_test)
+        idx[k, :a], idx[k, a:b], sign[k, :a], sign[k, a:b], mask[k, :b] = p.pos_test, p.neg_test, 1.0, -1.0, 1.0
+    out = []
+    for i in range(0, len(problems), chunk):
+        f = torch.einsum("knd,kd->kn", X[idx[i:i + chunk]].float(), weights[i:i + chunk].float()) + bias[i:i + chunk, None]
+        right = torch.where(sign[i:i + chunk] > 0, f > 0, f <= 0).float() * mask[i:i + chunk]
+        out.append(right.sum(1) / mask[i:i + chunk].sum(1).clamp_min(1))
+    return torch.cat(out)
 
 
 def scores(grads: torch.Tensor, cavs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -432,17 +439,17 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
     check_counts(concepts, random, runs, min_images, random_size)  # before any forward pass
     fp = model_fingerprint(model)
 
-    def acts_of(src):
+    def acts_of(src, key):
         return cached("acts", model, src, layers, pool, cache,
-                      lambda x, ls: compute_activations(model, x, ls, pool, batch_size), fingerprint=fp)[0]
+                      lambda x, ls: compute_activations(model, x, ls, pool, batch_size), fingerprint=fp, key=key)[0]
 
-    concept_acts = {name: acts_of(src) for name, src in concepts.items()}
+    concept_acts = {name: acts_of(src, keys[name]) for name, src in concepts.items()}
     for name, a in concept_acts.items():
         n = len(a[layers[0]])
         if n < min_images:
             raise FvisError(f"concept {name!r} has {n} images; each run needs at least {min_images} "
                             f"(some are held out to measure the CAV accuracy)")
-    random_acts = acts_of(random)
+    random_acts = acts_of(random, keys["random"])
     pool_n = len(random_acts[layers[0]])
     largest = max(len(a[layers[0]]) for a in concept_acts.values())
     m = random_size or min(largest, pool_n // runs)
