@@ -13,11 +13,10 @@ The objective is the layer's activation projected on the unit mean CAV of the co
 (:func:`fvis.concepts.cav_objective`): ``pool="flatten"`` CAVs score the whole map (render at the
 model's input size), ``pool="mean"`` CAVs are channel directions (any size).
 
-Toward / away (:func:`steer`): ``objective + w * cav`` or ``objective - w * cav``, where ``w``
-scales the projection so the two terms start at comparable size: by default
-``w = weight * |objective| / |projection|`` measured on a mid-grey image... too fragile for a
-library default, so ``w`` is simply ``weight`` in the layer's activation units and the command
-prints both terms' values after the render, so a user sees which term dominated.
+Toward / away (:func:`steer`): ``objective + w * cav`` or ``objective - w * cav``. ``w`` is in the
+layer's activation units (on Lite0 at ``_blocks.8`` a stripes render reaches a projection of ~48,
+the espresso logit ~48: ``w`` of 0.5-1 balances them); the render command prints both terms'
+final values so a user sees which one dominated.
 """
 from __future__ import annotations
 
