@@ -79,6 +79,26 @@ def test_batched_fit_equals_per_run_fit(method):
     assert torch.allclose(cavs.norm(dim=1), torch.ones(len(problems)))
 
 
+@pytest.mark.parametrize("method", ["logistic", "svm", "fastcav"])
+def test_scoring_in_the_span_equals_dense_cavs(method):
+    """fit_and_score (null CAVs never formed densely) gives what fit_cavs + accuracy + scores give."""
+    from fvis.concepts.tcav import fit_and_score
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(60, 40, generator=g) + torch.linspace(0, 1, 40)
+    grads = torch.randn(9, 40, generator=g)
+    problems = _problems(60, 12, 4)
+    cavs, W, b = fit_cavs(X, problems, method)
+    count, magnitude, _ = scores(grads, cavs)
+    acc = accuracy(X, problems, W, b)
+    keep = torch.tensor([0, 3, 11])
+    c2, n2, b2, count2, magnitude2, acc2 = fit_and_score(X, problems, grads, keep, method)
+    assert torch.allclose(c2, cavs[keep], atol=1e-5) and torch.allclose(n2, W[keep].norm(dim=1), rtol=1e-4)
+    assert torch.allclose(b2, b, rtol=1e-4, atol=1e-5)
+    assert torch.equal(count2, count) and torch.allclose(magnitude2, magnitude, atol=1e-5)
+    assert torch.equal(acc2, acc)
+
+
 def test_logistic_fit_is_the_optimum():
     """The Newton solution in the span of the rows is the primal optimum: the gradient vanishes."""
     g = torch.Generator().manual_seed(3)

@@ -167,18 +167,20 @@ def _loss(kind: str, m: torch.Tensor):
 
 
 def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logistic", l2: float = 1e-2,
-             max_iter: int = 100, tol: float = 1e-12, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             max_iter: int = 100, tol: float = 1e-12, chunk: int = 512,
+             coefficients: bool = False) -> tuple[torch.Tensor, ...]:
     """Fit every problem's linear classifier on rows of ``X`` ``(N, D)`` together.
 
     Returns ``(cavs (K, D) unit vectors toward the positives, weights (K, D) raw normals,
-    bias (K,))``: the decision function is ``X @ weights.T + bias``. ``"logistic"``/``"svm"``
+    bias (K,))``: the decision function is ``X @ weights.T + bias``. ``coefficients=True``:
+    ``(coef (K, N), bias (K,))`` instead, with ``weights = coef @ X`` (no dense vector formed). ``"logistic"``/``"svm"``
     minimize ``mean_i loss(y_i f_i) + l2/2 |w|^2`` on ``X / scale`` (one scale per call: the
     root mean squared row norm of ``X``) by damped Newton steps in the span of the training rows,
     all problems at once; ``"fastcav"``: difference of the means, bias at the midpoint."""
     if method not in CAV_METHODS:
         raise FvisError(f"unknown CAV classifier {method!r}: choose one of {', '.join(CAV_METHODS)}")
     if len(problems) > chunk:  # bounded memory: (chunk, n, n) systems at a time
-        parts = [fit_cavs(X, problems[i:i + chunk], method, l2, max_iter, tol, chunk)
+        parts = [fit_cavs(X, problems[i:i + chunk], method, l2, max_iter, tol, chunk, coefficients)
                  for i in range(0, len(problems), chunk)]
         return tuple(torch.cat(t) for t in zip(*parts))
     X = X.float()
@@ -188,6 +190,8 @@ def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logist
         for k, p in enumerate(problems):
             M[k].index_add_(0, p.pos, torch.full((len(p.pos),), 1 / len(p.pos)))
             M[k].index_add_(0, p.neg, torch.full((len(p.neg),), -1 / len(p.neg)))
+        if coefficients:  # b = -w . mid with w = M X, mid = |M| X / 2
+            return M, -0.5 * ((M @ (X @ X.T)) * M.abs()).sum(1)
         W = M @ X
         mid = (M.clamp_min(0) - M.clamp_max(0)) @ X / 2  # (mean_pos + mean_neg) / 2
         b = -(W * mid).sum(1)
@@ -253,6 +257,10 @@ def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logist
         alpha, bias, value = new_alpha, new_bias, new_value
     dense = torch.zeros(K, len(used), dtype=torch.float64)
     dense.scatter_add_(1, I, alpha * S)
+    if coefficients:  # W = dense @ X[used] / scale^2
+        coef = torch.zeros(K, N)
+        coef[:, used] = (dense / scale.double() ** 2).float()
+        return coef, bias.float()
     W = (dense.float() @ Xu) / scale
     return _unit(W), W, bias.float()
 
@@ -285,6 +293,21 @@ def scores(grads: torch.Tensor, cavs: torch.Tensor) -> tuple[torch.Tensor, torch
     count = (S > 0).float().mean(0)
     magnitude = S.clamp_min(0).sum(0) / S.abs().sum(0).clamp_min(1e-30)
     return count, magnitude, S
+
+
+def fit_and_score(X: torch.Tensor, problems: Sequence[Problem], grads: torch.Tensor, keep: torch.Tensor,
+                  method: str = "logistic", l2: float = 1e-2) -> tuple[torch.Tensor, ...]:
+    """:func:`fit_cavs`, :func:`accuracy` and :func:`scores` for every problem, with dense CAVs
+    formed only for the problems in ``keep``: the others (the ``runs x (runs - 1)`` pseudo-concepts
+    of the null) are scored in the span of the rows, ``grads @ w = (grads @ X.T) @ coef``.
+    Returns ``(unit cavs (len(keep), D), their norms, bias (K,), count (K,), magnitude (K,),
+    held-out accuracy (K,))``; both scores are invariant to a CAV's length."""
+    X = X.float()
+    coef, bias = fit_cavs(X, problems, method, l2, coefficients=True)
+    W = coef[keep] @ X
+    count, magnitude, _ = scores(grads.float() @ X.T, coef)
+    acc = accuracy(X @ X.T, problems, coef, bias)  # decision values from the Gram rows
+    return _unit(W), W.norm(dim=1), bias, count, magnitude, acc
 
 
 # ----------------------------------------------------------------------------- results
@@ -503,16 +526,16 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
     n_tests = len(concepts) * len(layers)
     shapes = _layer_shapes(model, layers)
     k_null = len(concepts) * runs
+    keep = torch.cat([torch.arange(k_null), torch.tensor(classic) + k_null])  # dense CAVs: concepts, classic null
+    pos = torch.full((len(problems),), -1, dtype=torch.long)
+    pos[keep] = torch.arange(len(keep))
     for layer in layers:
         X = torch.cat([concept_acts[name][layer] for name in concepts] + [random_acts[layer]])
-        cavs, W, b = fit_cavs(X, problems, cav, l2)
-        acc = accuracy(X, problems, W, b)
-        count, magnitude, _ = scores(grads[layer], cavs)
-        wn = W.norm(dim=1)
+        cavs, wn, b, count, magnitude, acc = fit_and_score(X, problems, grads[layer], keep, cav, l2)
 
         def part(ks, name):
-            return ConceptResult(name, layer, target, target_name, count[ks], magnitude[ks], acc[ks], cavs[ks],
-                                 b[ks], wn[ks])
+            return ConceptResult(name, layer, target, target_name, count[ks], magnitude[ks], acc[ks], cavs[pos[ks]],
+                                 b[ks], wn[pos[ks]])
 
         null[layer] = part(torch.tensor(classic) + k_null, "random")
         null_count = count[k_null:]
