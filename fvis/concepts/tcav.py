@@ -173,13 +173,13 @@ def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logist
 
     Returns ``(cavs (K, D) unit vectors toward the positives, weights (K, D) raw normals,
     bias (K,))``: the decision function is ``X @ weights.T + bias``. ``coefficients=True``:
-    ``(coef (K, N), bias (K,))`` instead, with ``weights = coef @ X`` (no dense vector formed). ``"logistic"``/``"svm"``
-    minimize ``mean_i loss(y_i f_i) + l2/2 |w|^2`` on ``X / scale`` (one scale per call: the
+    ``(coef (K, N), bias (K,))`` instead, with ``weights = coef @ X`` (no dense vector formed).
+    ``"logistic"``/``"svm"`` minimize ``mean_i loss(y_i f_i) + l2/2 |w|^2`` on ``X / scale`` (one scale per call: the
     root mean squared row norm of ``X``) by damped Newton steps in the span of the training rows,
     all problems at once; ``"fastcav"``: difference of the means, bias at the midpoint."""
     if method not in CAV_METHODS:
         raise FvisError(f"unknown CAV classifier {method!r}: choose one of {', '.join(CAV_METHODS)}")
-    if len(problems) > chunk:  # bounded memory: (chunk, n, n) systems at a time
+    if len(problems) > chunk and method != "fastcav":  # bounded memory: (chunk, n, n) systems at a time
         parts = [fit_cavs(X, problems[i:i + chunk], method, l2, max_iter, tol, chunk, coefficients)
                  for i in range(0, len(problems), chunk)]
         return tuple(torch.cat(t) for t in zip(*parts))
@@ -280,7 +280,8 @@ def accuracy(X: torch.Tensor, problems: Sequence[Problem], weights: torch.Tensor
         idx[k, :a], idx[k, a:b], sign[k, :a], sign[k, a:b], mask[k, :b] = p.pos_test, p.neg_test, 1.0, -1.0, 1.0
     out = []
     for i in range(0, len(problems), chunk):
-        f = torch.einsum("knd,kd->kn", X[idx[i:i + chunk]].float(), weights[i:i + chunk].float()) + bias[i:i + chunk, None]
+        rows, w = X[idx[i:i + chunk]].float(), weights[i:i + chunk].float()
+        f = torch.einsum("knd,kd->kn", rows, w) + bias[i:i + chunk, None]
         right = torch.where(sign[i:i + chunk] > 0, f > 0, f <= 0).float() * mask[i:i + chunk]
         out.append(right.sum(1) / mask[i:i + chunk].sum(1).clamp_min(1))
     return torch.cat(out)
