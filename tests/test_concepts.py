@@ -97,6 +97,9 @@ def test_scoring_in_the_span_equals_dense_cavs(method):
     assert torch.allclose(b2, b, rtol=1e-4, atol=1e-5)
     assert torch.equal(count2, count) and torch.allclose(magnitude2, magnitude, atol=1e-5)
     assert torch.equal(acc2, acc)
+    if method != "fastcav":  # in chunks (sharing one Gram matrix) as in one piece
+        c3, W3, b3 = fit_cavs(X, problems, method, chunk=5)
+        assert torch.allclose(c3, cavs, atol=1e-5) and torch.allclose(b3, b, rtol=1e-4, atol=1e-5)
 
 
 def test_logistic_fit_is_the_optimum():

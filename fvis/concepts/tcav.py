@@ -168,19 +168,23 @@ def _loss(kind: str, m: torch.Tensor):
 
 def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logistic", l2: float = 1e-2,
              max_iter: int = 100, tol: float = 1e-12, chunk: int = 512,
-             coefficients: bool = False) -> tuple[torch.Tensor, ...]:
+             coefficients: bool = False, gram: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Fit every problem's linear classifier on rows of ``X`` ``(N, D)`` together.
 
     Returns ``(cavs (K, D) unit vectors toward the positives, weights (K, D) raw normals,
     bias (K,))``: the decision function is ``X @ weights.T + bias``. ``coefficients=True``:
     ``(coef (K, N), bias (K,))`` instead, with ``weights = coef @ X`` (no dense vector formed).
+    ``gram``: the scaled rows' Gram matrix, passed down to the chunks (computed once per call).
     ``"logistic"``/``"svm"`` minimize ``mean_i loss(y_i f_i) + l2/2 |w|^2`` on ``X / scale`` (one scale per call: the
     root mean squared row norm of ``X``) by damped Newton steps in the span of the training rows,
     all problems at once; ``"fastcav"``: difference of the means, bias at the midpoint."""
     if method not in CAV_METHODS:
         raise FvisError(f"unknown CAV classifier {method!r}: choose one of {', '.join(CAV_METHODS)}")
     if len(problems) > chunk and method != "fastcav":  # bounded memory: (chunk, n, n) systems at a time
-        parts = [fit_cavs(X, problems[i:i + chunk], method, l2, max_iter, tol, chunk, coefficients)
+        if gram is None:  # the scaled rows' Gram matrix, computed once for every chunk
+            Xs = X.float() / X.float().pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+            gram = (Xs @ Xs.T).double()
+        parts = [fit_cavs(X, problems[i:i + chunk], method, l2, max_iter, tol, chunk, coefficients, gram)
                  for i in range(0, len(problems), chunk)]
         return tuple(torch.cat(t) for t in zip(*parts))
     X = X.float()
@@ -199,7 +203,7 @@ def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logist
     scale = X.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
     used, inverse = torch.unique(torch.cat([torch.cat([p.pos, p.neg]) for p in problems]), return_inverse=True)
     Xu = X[used] / scale
-    G_all = (Xu @ Xu.T).double()
+    G_all = (Xu @ Xu.T).double() if gram is None else gram[used[:, None], used[None, :]]
     n = max(len(p.pos) + len(p.neg) for p in problems)
     I = torch.zeros(K, n, dtype=torch.long)
     Y = torch.zeros(K, n, dtype=torch.float64)
