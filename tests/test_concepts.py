@@ -1,5 +1,4 @@
 """fvis.concepts: TCAV scores, batched CAV fitting, gradient reuse, t-test, cache, CAV files, errors."""
-import math
 
 import pytest
 import torch
@@ -7,7 +6,9 @@ from torch import nn
 
 import fvis
 from fvis import concepts as C
-from fvis.concepts.tcav import Problem, accuracy, fit_cavs, prediction_test, scores
+from fvis.cli import main
+from fvis.concepts.cavs import Problem, accuracy, fit_and_score, fit_cavs, scores
+from fvis.concepts.stats import prediction_test
 
 S = 24
 
@@ -77,6 +78,27 @@ def test_batched_fit_equals_per_run_fit(method):
         assert torch.allclose(W[k], W1[0], rtol=1e-4, atol=1e-6)
         assert b[k].item() == pytest.approx(b1[0].item(), rel=1e-4, abs=1e-6)
     assert torch.allclose(cavs.norm(dim=1), torch.ones(len(problems)))
+
+
+@pytest.mark.parametrize("method", ["logistic", "svm", "fastcav"])
+def test_scoring_in_the_span_equals_dense_cavs(method):
+    """fit_and_score (null CAVs never formed densely) gives what fit_cavs + accuracy + scores give."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(60, 40, generator=g) + torch.linspace(0, 1, 40)
+    grads = torch.randn(9, 40, generator=g)
+    problems = _problems(60, 12, 4)
+    cavs, W, b = fit_cavs(X, problems, method)
+    count, magnitude, _ = scores(grads, cavs)
+    acc = accuracy(X, problems, W, b)
+    keep = torch.tensor([0, 3, 11])
+    c2, n2, b2, count2, magnitude2, acc2 = fit_and_score(X, problems, grads, keep, method)
+    assert torch.allclose(c2, cavs[keep], atol=1e-5) and torch.allclose(n2, W[keep].norm(dim=1), rtol=1e-4)
+    assert torch.allclose(b2, b, rtol=1e-4, atol=1e-5)
+    assert torch.equal(count2, count) and torch.allclose(magnitude2, magnitude, atol=1e-5)
+    assert torch.equal(acc2, acc)
+    if method != "fastcav":  # in chunks (sharing one Gram matrix) as in one piece
+        c3, W3, b3 = fit_cavs(X, problems, method, chunk=5)
+        assert torch.allclose(c3, cavs, atol=1e-5) and torch.allclose(b3, b, rtol=1e-4, atol=1e-5)
 
 
 def test_logistic_fit_is_the_optimum():
@@ -361,27 +383,34 @@ def test_cli_tcav_run_and_explain(tiny, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_bad_inputs(tiny, tmp_path, monkeypatch, capsys):
+    """Each bad input of the issue: one ``fvis: error:`` line on stderr, exit 2, nothing on stdout
+    before it (every check runs before the first line of output)."""
     monkeypatch.setattr("fvis.commands.tcav.load_model", lambda args: tiny)
     cls = C.save_folder(backgrounds(4, 1), tmp_path / "class")
+    photos = C.save_folder(backgrounds(3, 4), tmp_path / "photos")  # too few: the command makes crops
     few = C.save_folder(C.colour("red", 3, S), tmp_path / "few")
-    base = ["--model", "tiny", "--layer", "2", "--target", "1", "--class-images", str(cls), "--random", str(cls),
-            "--runs", "3", "--no-cache", "--out", str(tmp_path / "o")]
-    with pytest.raises(fvis.FvisError, match="needs --concept"):
-        _cli(base)
-    with pytest.raises(fvis.FvisError, match="concept 'few' has 3 images"):
-        _cli(base + ["--concept", f"few={few}", "--random-crops", "40"])
-    with pytest.raises(fvis.FvisError, match="same folder"):
-        _cli(base + ["--concept", f"same={cls}"])
-    with pytest.raises(fvis.FvisError, match="unknown layer"):
-        _cli(base[:2] + ["--layer", "99"] + base[4:] + ["--concept", "s=synthetic:dots"])
-    capsys.readouterr()
-    with pytest.raises(fvis.FvisError, match="out of range"):
-        _cli(base[:4] + ["--target", "3"] + base[6:] + ["--concept", "s=synthetic:dots"])
-    assert capsys.readouterr().out == ""  # the check comes before any output
-    with pytest.raises(fvis.FvisError, match="NAME=DIR"):
-        _cli(base + ["--concept", "stripes"])
-    with pytest.raises(fvis.FvisError, match="needs --cavs"):
-        _cli(["--model", "tiny", "--explain", str(cls)])
+    base = ["tcav", "--model", "tiny", "--layer", "2", "--target", "1", "--class-images", str(cls),
+            "--random", str(photos), "--runs", "3", "--no-cache", "--out", str(tmp_path / "o")]
+    dots = ["--concept", "s=synthetic:dots"]
+
+    def fails(argv, message):
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "", (code, out, err)
+        assert err.startswith("fvis: error: ") and err.count("\n") == 1 and message in err, err
+
+    fails(base, "needs --concept")
+    fails(base + ["--concept", f"few={few}"], "concept 'few' has 3 images")
+    fails(base + ["--concept", f"same={photos}"], "same folder")
+    fails(base[:3] + ["--layer", "99"] + base[5:] + dots, "unknown layer")
+    fails(base[:5] + ["--target", "3"] + base[7:] + dots, "out of range")
+    fails(base[:5] + ["--target", "zebra"] + base[7:] + dots, "unknown class name")
+    fails(base + ["--concept", "stripes"], "NAME=DIR")
+    fails(base[:10] + [str(tmp_path / "nowhere")] + base[11:] + dots, "--random: not a folder")
+    fails(base + dots + ["--random-crops", "20", "--min-images", "8"], "random pool has 20 images")
+    fails(["tcav", "--model", "tiny", "--explain", str(cls)], "needs --cavs")
+    fails(["tcav", "--model", "tiny", "--explain", str(cls), "--cavs", str(cls)], "CAV file not found")
+    assert not (tmp_path / "o" / "tcav.json").exists()
 
 
 def test_saved_cav_renders_as_a_direction_objective(tiny, tmp_path):

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import objectives
 
+from ..concepts.objective import FORM as CAV_FORM
+from ..concepts.objective import is_cav_spec, parse_cav, steer
+from ..errors import FvisError
 from ..files import check_writable
 from ..render import render, save_renders
 from ._args import MODEL_HELP, add_model_args, load_model, positive_int, size
@@ -15,7 +18,13 @@ HELP = "render objectives (one batch item each) into a folder"
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--objective", "-o", action="append", required=True, metavar="SPEC",
-                        help="channel:LAYER:C | neuron:LAYER:C[:X:Y] | layer:LAYER | logit:C (repeatable)")
+                        help=f"channel:LAYER:C | neuron:LAYER:C[:X:Y] | layer:LAYER | logit:C | {CAV_FORM} "
+                             "(a concept's CAV saved by fvis tcav) (repeatable)")
+    steering = parser.add_mutually_exclusive_group()
+    steering.add_argument("--toward", metavar=CAV_FORM, help="add a saved concept's CAV term to every objective")
+    steering.add_argument("--away", metavar=CAV_FORM, help="subtract a saved concept's CAV term from every objective")
+    parser.add_argument("--concept-weight", type=float, default=1.0,
+                        help="weight of the --toward/--away term (in the layer's activation units; default 1)")
     parser.add_argument("--param", choices=["fourier", "pixel"], default="fourier", help="input parameterization")
     parser.add_argument("--size", type=size, help="image size N or HxW (default: the model's input size)")
     parser.add_argument("--steps", type=positive_int, default=256, help="optimization steps")
@@ -34,18 +43,29 @@ def add_arguments(parser) -> None:
 def run(args) -> None:
     out = check_writable(args.out)
     model = load_model(args)
-    objs = [objectives.parse(spec, model.class_names) for spec in args.objective]
+    objs = [parse_cav(spec) if is_cav_spec(spec) else objectives.parse(spec, model.class_names)
+            for spec in args.objective]
+    base, term, concept = list(objs), None, args.toward or args.away
+    if concept is not None:
+        if not is_cav_spec(concept):
+            raise FvisError(f"--{'toward' if args.toward else 'away'} {concept!r}: expected {CAV_FORM}")
+        term = parse_cav(concept)
+        objs = [steer(o, term, args.concept_weight, away=args.away is not None) for o in objs]
     settings = {"param": args.param, "size": list(args.size or model.input_size), "steps": args.steps,
                 "lr": args.lr, "optimizer": args.optimizer, "decay_power": args.decay_power,
                 "seed": args.seed, "transforms": not args.no_transforms, "weights": args.weights,
                 "device": args.device, "channels_last": "no" if args.no_channels_last else "auto"}
+    if concept is not None:
+        settings.update({"toward" if args.toward else "away": concept, "concept_weight": args.concept_weight})
     result = render(model, objs, param=args.param, size=args.size, steps=args.steps, lr=args.lr,
                     seed=args.seed, transforms=not args.no_transforms, decay_power=args.decay_power,
                     optimizer=args.optimizer, progress=not args.quiet,
                     channels_last=False if args.no_channels_last else None)
     save_renders(result, model, args.objective, out, settings)
-    for spec, value in zip(args.objective, result.values):
-        print(f"{spec}\tobjective {float(value):.4g}")
+    for i, (spec, value) in enumerate(zip(args.objective, result.values)):
+        terms = "".join(f"\t{o.name} {float(result.history[o.name][-1, i]):.4g}" for o in (base[i], term)
+                        if term is not None and o.name in result.history)
+        print(f"{spec}\tobjective {float(value):.4g}{terms}")
     note = f", stopped early: {result.stopped}" if result.stopped else ""
     print(f"{len(objs)} image(s) in {out}/ ({result.steps} steps, {result.seconds:.1f} s, "
           f"{result.seconds_per_step:.3f} s/step{note})")

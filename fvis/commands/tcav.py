@@ -26,9 +26,10 @@ import io as _io
 from pathlib import Path
 
 from ..concepts import synthetic
+from ..concepts.activations import check_counts, check_layers, check_target
 from ..concepts.cavfile import load_cavs, sensitivity
 from ..concepts.synthetic import random_crops
-from ..concepts.tcav import resolve_target, tcav
+from ..concepts.tcav import tcav
 from ..datasets import warnings_as_lines
 from ..errors import FvisError
 from ..files import atomic_write, check_writable, list_images, versions, write_json
@@ -98,6 +99,7 @@ def _random_pool(args, model, concepts: dict, say):
     crops = args.random_crops
     if crops is None and len(files) < need:
         crops = need
+    check_counts(concepts, crops or len(files), args.runs, args.min_images, args.random_size)
     if not crops:
         return Path(args.random)
     say(f"random pool: {crops} random crops of the {len(files)} images in {args.random}")
@@ -120,15 +122,18 @@ def _run(args) -> None:
     if missing:
         raise FvisError(f"fvis tcav needs {', '.join(missing)} (or --explain IMAGE --cavs DIR)")
     out = check_writable(args.out)
+    for flag, folder in (("--class-images", args.class_images), ("--random", args.random)):
+        if not Path(folder).is_dir():
+            raise FvisError(f"{flag}: not a folder: {folder}")
     model = load_model(args)
-    layers = [l.strip() for l in args.layer.split(",") if l.strip()]
-    resolve_target(model, args.target)  # a target out of range fails here, before any output
+    # every check before the first line of output
+    layers = check_layers(model, [l.strip() for l in args.layer.split(",") if l.strip()])
+    check_target(model, args.target)
     concepts = _concepts(args.concept, model, args.synthetic_count, args.seed)
-    if not Path(args.class_images).is_dir():
-        raise FvisError(f"--class-images: not a folder: {args.class_images}")
     for name, src in concepts.items():
         if isinstance(src, Path) and src.resolve() == Path(args.random).resolve():
             raise FvisError(f"concept {name!r} and --random are the same folder ({src})")
+    check_counts(concepts, None, args.runs, args.min_images)
     random = _random_pool(args, model, concepts, say)
     say(f"TCAV of {args.target!r} on {model.name}: {len(concepts)} concept(s) x {len(layers)} layer(s), "
         f"{args.runs} runs, {args.cav} CAVs")
@@ -196,7 +201,7 @@ def plot_tcav(result, path: Path) -> Path:
     ax.set_ylabel("TCAV score (share of class images)")
     ax.axhline(0.5, color="grey", linewidth=0.5, linestyle=":")
     s = result.settings
-    ax.set_title(f"TCAV: {s.get('target_name')} on {s.get('model')} ({s.get('cav')}, {s.get('runs')} runs"
+    ax.set_title(f"TCAV: {s.get('target_name')} on {s.get('model')}\n({s.get('cav')}, {s.get('runs')} runs"
                  f"{', relative' if s.get('relative') else ''}); * significant, hatched not", fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()

@@ -21,10 +21,60 @@ from typing import Sequence
 
 import torch
 
+from ..classes import resolve_class
 from ..errors import FvisError
-from ..features.activations import (POOLS, Images, _device, _represent, cached, compute_activations,  # noqa: F401
-                                    images_key, load_images, model_fingerprint)
+from ..features.activations import (CPU_BATCH, POOLS, Images, _device, _represent, batch_for, cached,  # noqa: F401
+                                    compute_activations, images_key, load_images, model_fingerprint)
+from ..files import list_images
 from ..hooks import frozen, resolve_layers
+
+
+def check_target(model, target: int | str) -> tuple[int, str]:
+    """``(index, name)`` of a class index or name, checked against the model before any long work:
+    by its ``class_names``, else by the width of its output on one blank image."""
+    names = getattr(model, "class_names", None)
+    if names is not None:
+        index = resolve_class(target, names)
+        return index, names[index]
+    if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
+        raise FvisError(f"target {target!r} is a name but the model has no class names: give an index")
+    index = int(target)
+    x = torch.zeros(1, getattr(model, "channels", 3), *model.input_size, device=_device(model))
+    with torch.no_grad(), frozen(model):
+        out = model(x)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise FvisError("TCAV needs a classifier: the model output must be (batch, classes)")
+    if not 0 <= index < out.shape[1]:
+        raise FvisError(f"target class {index} out of range: the model has {out.shape[1]} classes "
+                        f"(valid 0..{out.shape[1] - 1})")
+    return index, str(index)
+
+
+def count_images(images: Images) -> int:
+    """How many images a tensor or a folder holds (nothing decoded)."""
+    if isinstance(images, torch.Tensor):
+        return len(images)
+    return len(list_images(images))
+
+
+def check_counts(concepts: dict, random: Images | int | None, runs: int, min_images: int,
+                 random_size: int | None = None) -> None:
+    """The image counts a TCAV run needs, checked before any forward pass (``random``: the pool,
+    or its size; ``None``: only the concepts')."""
+    sizes = {name: count_images(src) for name, src in concepts.items()}
+    for name, n in sizes.items():
+        if n < min_images:
+            raise FvisError(f"concept {name!r} has {n} images; each run needs at least {min_images} "
+                            f"(some are held out to measure the CAV accuracy)")
+    if random is None:
+        return
+    pool_n = random if isinstance(random, int) else count_images(random)
+    m = random_size or min(max(sizes.values()), pool_n // runs)
+    if m < min_images or runs * m > pool_n:
+        need = runs * max(m, min_images)
+        raise FvisError(f"the random pool has {pool_n} images, but {runs} disjoint random sets of "
+                        f"{max(m, min_images)} need {need}: add images, use crops "
+                        f"(fvis.concepts.random_crops / --random-crops), or fewer runs")
 
 
 def check_layers(model, layers: Sequence[str]) -> list[str]:
@@ -39,11 +89,14 @@ def check_layers(model, layers: Sequence[str]) -> list[str]:
 
 
 def compute_gradients(model, images: torch.Tensor, layers: Sequence[str], target: int, pool: str = "flatten",
-                      batch_size: int = 16) -> dict[str, torch.Tensor]:
+                      batch_size: int | None = None) -> dict[str, torch.Tensor]:
     """``{layer: (N, D)}``: the gradient of logit ``target`` with respect to each layer's output,
     for every image: one forward and one backward per image, all layers at once. The backward stops
-    at the earliest hooked layer (its output becomes a leaf; the model's weights get no gradient)."""
+    at the earliest hooked layer (its output becomes a leaf; the model's weights get no gradient).
+    On the CPU the input goes in channels-last (plain layout again if the model fails on it)."""
     device = _device(model)
+    batch_size = batch_for(model, batch_size)
+    layout = [device.type == "cpu" and images.dim() == 4]
     modules = resolve_layers(model, layers)
     store: dict[str, torch.Tensor] = {}
 
@@ -63,7 +116,7 @@ def compute_gradients(model, images: torch.Tensor, layers: Sequence[str], target
             for i in range(0, len(images), batch_size):
                 store.clear()
                 with torch.enable_grad():
-                    out = model(images[i:i + batch_size].to(device))
+                    out = _forward(model, images[i:i + batch_size].to(device), layout)
                     if not isinstance(out, torch.Tensor) or out.dim() != 2:
                         raise FvisError("TCAV needs a classifier: the model output must be (batch, classes)")
                     if not 0 <= target < out.shape[1]:
@@ -80,3 +133,17 @@ def compute_gradients(model, images: torch.Tensor, layers: Sequence[str], target
             for h in handles:
                 h.remove()
     return {l: torch.cat(p) for l, p in parts.items()}
+
+
+def _forward(model, x: torch.Tensor, layout: list[bool]):
+    """``model(x)``, channels-last while ``layout[0]``; a model that fails on it (e.g. a ``.view``
+    of a feature map) turns it off for good."""
+    if not layout[0]:
+        return model(x)
+    try:
+        return model(x.contiguous(memory_format=torch.channels_last))
+    except FvisError:
+        raise
+    except Exception:
+        layout[0] = False
+        return model(x)

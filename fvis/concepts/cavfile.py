@@ -80,12 +80,12 @@ def load_cavs(path: str | Path) -> CAVSet:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {})[META_KEY])
             t = {k: f.get_tensor(k) for k in f.keys()}
-    except (KeyError, ValueError, OSError, RuntimeError) as e:
+        n = len(meta["entries"])
+        return CAVSet(meta["entries"], [t[f"cav.{i}"] for i in range(n)], [t[f"bias.{i}"] for i in range(n)],
+                      [t[f"norm.{i}"] for i in range(n)], [t[f"accuracy.{i}"] for i in range(n)],
+                      meta["settings"], meta["layer_shapes"])
+    except Exception as e:  # safetensors' own errors derive from Exception only
         raise FvisError(f"{path} is not an fvis CAV file ({type(e).__name__}: {e})") from None
-    n = len(meta["entries"])
-    return CAVSet(meta["entries"], [t[f"cav.{i}"] for i in range(n)], [t[f"bias.{i}"] for i in range(n)],
-                  [t[f"norm.{i}"] for i in range(n)], [t[f"accuracy.{i}"] for i in range(n)],
-                  meta["settings"], meta["layer_shapes"])
 
 
 @dataclass
@@ -106,7 +106,7 @@ class Sensitivity:
 
 
 def sensitivity(model, images, cavs: CAVSet | str | Path, target: int | str | None = None,
-                names: Sequence[str] | None = None, batch_size: int = 16) -> Sensitivity:
+                names: Sequence[str] | None = None, batch_size: int | None = None) -> Sensitivity:
     """Concept sensitivity of new ``images`` (a tensor ``(N, 3, H, W)`` in [0, 1], or a folder)
     along every CAV in ``cavs`` (a :class:`CAVSet` or a file): one forward and backward per image,
     no refit. ``target``: default the class the CAVs were tested for."""

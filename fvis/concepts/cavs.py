@@ -33,18 +33,24 @@ def _loss(kind: str, m: torch.Tensor):
 
 
 def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logistic", l2: float = 1e-2,
-             max_iter: int = 100, tol: float = 1e-12, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             max_iter: int = 100, tol: float = 1e-12, chunk: int = 512,
+             coefficients: bool = False, gram: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Fit every problem's linear classifier on rows of ``X`` ``(N, D)`` together.
 
     Returns ``(cavs (K, D) unit vectors toward the positives, weights (K, D) raw normals,
-    bias (K,))``: the decision function is ``X @ weights.T + bias``. ``"logistic"``/``"svm"``
-    minimize ``mean_i loss(y_i f_i) + l2/2 |w|^2`` on ``X / scale`` (one scale per call: the
+    bias (K,))``: the decision function is ``X @ weights.T + bias``. ``coefficients=True``:
+    ``(coef (K, N), bias (K,))`` instead, with ``weights = coef @ X`` (no dense vector formed).
+    ``gram``: the scaled rows' Gram matrix, passed down to the chunks (computed once per call).
+    ``"logistic"``/``"svm"`` minimize ``mean_i loss(y_i f_i) + l2/2 |w|^2`` on ``X / scale`` (one scale per call: the
     root mean squared row norm of ``X``) by damped Newton steps in the span of the training rows,
     all problems at once; ``"fastcav"``: difference of the means, bias at the midpoint."""
     if method not in CAV_METHODS:
         raise FvisError(f"unknown CAV classifier {method!r}: choose one of {', '.join(CAV_METHODS)}")
-    if len(problems) > chunk:  # bounded memory: (chunk, n, n) systems at a time
-        parts = [fit_cavs(X, problems[i:i + chunk], method, l2, max_iter, tol, chunk)
+    if len(problems) > chunk and method != "fastcav":  # bounded memory: (chunk, n, n) systems at a time
+        if gram is None:  # the scaled rows' Gram matrix, computed once for every chunk
+            Xs = X.float() / X.float().pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
+            gram = (Xs @ Xs.T).double()
+        parts = [fit_cavs(X, problems[i:i + chunk], method, l2, max_iter, tol, chunk, coefficients, gram)
                  for i in range(0, len(problems), chunk)]
         return tuple(torch.cat(t) for t in zip(*parts))
     X = X.float()
@@ -54,6 +60,8 @@ def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logist
         for k, p in enumerate(problems):
             M[k].index_add_(0, p.pos, torch.full((len(p.pos),), 1 / len(p.pos)))
             M[k].index_add_(0, p.neg, torch.full((len(p.neg),), -1 / len(p.neg)))
+        if coefficients:  # b = -w . mid with w = M X, mid = |M| X / 2
+            return M, -0.5 * ((M @ (X @ X.T)) * M.abs()).sum(1)
         W = M @ X
         mid = (M.clamp_min(0) - M.clamp_max(0)) @ X / 2  # (mean_pos + mean_neg) / 2
         b = -(W * mid).sum(1)
@@ -61,7 +69,7 @@ def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logist
     scale = X.pow(2).sum(1).mean().sqrt().clamp_min(1e-12)
     used, inverse = torch.unique(torch.cat([torch.cat([p.pos, p.neg]) for p in problems]), return_inverse=True)
     Xu = X[used] / scale
-    G_all = (Xu @ Xu.T).double()
+    G_all = (Xu @ Xu.T).double() if gram is None else gram[used[:, None], used[None, :]]
     n = max(len(p.pos) + len(p.neg) for p in problems)
     I = torch.zeros(K, n, dtype=torch.long)
     Y = torch.zeros(K, n, dtype=torch.float64)
@@ -119,6 +127,10 @@ def fit_cavs(X: torch.Tensor, problems: Sequence[Problem], method: str = "logist
         alpha, bias, value = new_alpha, new_bias, new_value
     dense = torch.zeros(K, len(used), dtype=torch.float64)
     dense.scatter_add_(1, I, alpha * S)
+    if coefficients:  # W = dense @ X[used] / scale^2
+        coef = torch.zeros(K, N)
+        coef[:, used] = (dense / scale.double() ** 2).float()
+        return coef, bias.float()
     W = (dense.float() @ Xu) / scale
     return _unit(W), W, bias.float()
 
@@ -127,14 +139,22 @@ def _unit(W: torch.Tensor) -> torch.Tensor:
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def accuracy(X: torch.Tensor, problems: Sequence[Problem], weights: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Held-out accuracy per problem ``(K,)``."""
-    out = []
+def accuracy(X: torch.Tensor, problems: Sequence[Problem], weights: torch.Tensor, bias: torch.Tensor,
+             chunk: int = 64) -> torch.Tensor:
+    """Held-out accuracy per problem ``(K,)``: the test rows of ``chunk`` problems gathered at once."""
+    n = max(len(p.pos_test) + len(p.neg_test) for p in problems)
+    K = len(problems)
+    idx, sign, mask = torch.zeros(K, n, dtype=torch.long), torch.zeros(K, n), torch.zeros(K, n)
     for k, p in enumerate(problems):
-        f_pos = X[p.pos_test].float() @ weights[k] + bias[k]
-        f_neg = X[p.neg_test].float() @ weights[k] + bias[k]
-        out.append(((f_pos > 0).sum() + (f_neg <= 0).sum()).item() / max(1, len(p.pos_test) + len(p.neg_test)))
-    return torch.tensor(out)
+        a, b = len(p.pos_test), len(p.pos_test) + len(p.neg_test)
+        idx[k, :a], idx[k, a:b], sign[k, :a], sign[k, a:b], mask[k, :b] = p.pos_test, p.neg_test, 1.0, -1.0, 1.0
+    out = []
+    for i in range(0, len(problems), chunk):
+        rows, w = X[idx[i:i + chunk]].float(), weights[i:i + chunk].float()
+        f = torch.einsum("knd,kd->kn", rows, w) + bias[i:i + chunk, None]
+        right = torch.where(sign[i:i + chunk] > 0, f > 0, f <= 0).float() * mask[i:i + chunk]
+        out.append(right.sum(1) / mask[i:i + chunk].sum(1).clamp_min(1))
+    return torch.cat(out)
 
 
 def scores(grads: torch.Tensor, cavs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -144,3 +164,18 @@ def scores(grads: torch.Tensor, cavs: torch.Tensor) -> tuple[torch.Tensor, torch
     count = (S > 0).float().mean(0)
     magnitude = S.clamp_min(0).sum(0) / S.abs().sum(0).clamp_min(1e-30)
     return count, magnitude, S
+
+
+def fit_and_score(X: torch.Tensor, problems: Sequence[Problem], grads: torch.Tensor, keep: torch.Tensor,
+                  method: str = "logistic", l2: float = 1e-2) -> tuple[torch.Tensor, ...]:
+    """:func:`fit_cavs`, :func:`accuracy` and :func:`scores` for every problem, with dense CAVs
+    formed only for the problems in ``keep``: the others (the ``runs x (runs - 1)`` pseudo-concepts
+    of the null) are scored in the span of the rows, ``grads @ w = (grads @ X.T) @ coef``.
+    Returns ``(unit cavs (len(keep), D), their norms, bias (K,), count (K,), magnitude (K,),
+    held-out accuracy (K,))``; both scores are invariant to a CAV's length."""
+    X = X.float()
+    coef, bias = fit_cavs(X, problems, method, l2, coefficients=True)
+    W = coef[keep] @ X
+    count, magnitude, _ = scores(grads.float() @ X.T, coef)
+    acc = accuracy(X @ X.T, problems, coef, bias)  # decision values from the Gram rows
+    return _unit(W), W.norm(dim=1), bias, count, magnitude, acc

@@ -58,13 +58,12 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..classes import resolve_class
 from ..errors import FvisError
 from ..hooks import Capture, frozen
-from .activations import (POOLS, Images, cached, check_layers, compute_activations, compute_gradients,
-                          images_key, model_fingerprint)
+from .activations import (POOLS, Images, cached, check_counts, check_layers, check_target, compute_activations,
+                          compute_gradients, images_key, model_fingerprint)
 from .cavfile import save_cavs
-from .cavs import CAV_METHODS, Problem, accuracy, fit_cavs, scores
+from .cavs import CAV_METHODS, Problem, fit_and_score
 from .stats import prediction_test, t_test
 
 
@@ -154,7 +153,7 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
          relative: bool = False, seed: int = 0, *, pool: str = "flatten", l2: float = 1e-2,
          test_fraction: float = 0.25, random_size: int | None = None, min_images: int = 10,
          alpha: float = 0.05, test: str = "runs", equal_var: bool = True, cache: str | Path | None | bool = None,
-         batch_size: int = 32) -> TCAVResult:
+         batch_size: int | None = None) -> TCAVResult:
     """TCAV scores of class ``target`` for each concept at each layer, tested against random CAVs.
 
     Args:
@@ -205,7 +204,7 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
         raise FvisError("relative TCAV needs at least two concepts (each is fitted against the others)")
     if "random" in concepts:
         raise FvisError("'random' is reserved for the random-vs-random null; rename that concept")
-    target, target_name = resolve_target(model, target)
+    target, target_name = check_target(model, target)
 
     size = tuple(model.input_size)
     keys = {"random": images_key(random, size)}
@@ -215,19 +214,20 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
                 and Path(src).resolve() == Path(random).resolve() or keys[name] == keys["random"]:
             raise FvisError(f"concept {name!r} and the random images are the same images ({_source_name(src)}): "
                             f"a concept must differ from the random pool")
+    check_counts(concepts, random, runs, min_images, random_size)  # before any forward pass
     fp = model_fingerprint(model)
 
-    def acts_of(src):
+    def acts_of(src, key):
         return cached("acts", model, src, layers, pool, cache,
-                      lambda x, ls: compute_activations(model, x, ls, pool, batch_size), fingerprint=fp)[0]
+                      lambda x, ls: compute_activations(model, x, ls, pool, batch_size), fingerprint=fp, key=key)[0]
 
-    concept_acts = {name: acts_of(src) for name, src in concepts.items()}
+    concept_acts = {name: acts_of(src, keys[name]) for name, src in concepts.items()}
     for name, a in concept_acts.items():
         n = len(a[layers[0]])
         if n < min_images:
             raise FvisError(f"concept {name!r} has {n} images; each run needs at least {min_images} "
                             f"(some are held out to measure the CAV accuracy)")
-    random_acts = acts_of(random)
+    random_acts = acts_of(random, keys["random"])
     pool_n = len(random_acts[layers[0]])
     largest = max(len(a[layers[0]]) for a in concept_acts.values())
     m = random_size or min(largest, pool_n // runs)
@@ -281,16 +281,16 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
     n_tests = len(concepts) * len(layers)
     shapes = _layer_shapes(model, layers)
     k_null = len(concepts) * runs
+    keep = torch.cat([torch.arange(k_null), torch.tensor(classic) + k_null])  # dense CAVs: concepts, classic null
+    pos = torch.full((len(problems),), -1, dtype=torch.long)
+    pos[keep] = torch.arange(len(keep))
     for layer in layers:
         X = torch.cat([concept_acts[name][layer] for name in concepts] + [random_acts[layer]])
-        cavs, W, b = fit_cavs(X, problems, cav, l2)
-        acc = accuracy(X, problems, W, b)
-        count, magnitude, _ = scores(grads[layer], cavs)
-        wn = W.norm(dim=1)
+        cavs, wn, b, count, magnitude, acc = fit_and_score(X, problems, grads[layer], keep, cav, l2)
 
         def part(ks, name):
-            return ConceptResult(name, layer, target, target_name, count[ks], magnitude[ks], acc[ks], cavs[ks],
-                                 b[ks], wn[ks])
+            return ConceptResult(name, layer, target, target_name, count[ks], magnitude[ks], acc[ks], cavs[pos[ks]],
+                                 b[ks], wn[pos[ks]])
 
         null[layer] = part(torch.tensor(classic) + k_null, "random")
         null_count = count[k_null:]
@@ -320,18 +320,6 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
                 "sources": {"class_images": _source_name(class_images), "random": _source_name(random),
                             **{f"concept:{n}": _source_name(s) for n, s in concepts.items()}}}
     return TCAVResult(results, null, settings, shapes, null_means)
-
-
-def resolve_target(model, target: int | str) -> tuple[int, str]:
-    """The TCAV target class as ``(index, name)``, checked against the model's class names (a name
-    needs them; an index must be in range). Commands call it before printing anything."""
-    names = getattr(model, "class_names", None)
-    if isinstance(target, str) and not target.strip().lstrip("-").isdigit() and names is None:
-        raise FvisError(f"target {target!r} is a name but the model has no class names: give an index")
-    index = resolve_class(target, names) if names is not None else int(target)
-    if index < 0:
-        raise FvisError(f"target class {index} out of range")
-    return index, names[index] if names is not None else str(index)
 
 
 def _layer_shapes(model, layers: Sequence[str]) -> dict[str, list[int]]:
