@@ -19,7 +19,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--position", default="last", help="neuron position: last | all | an index (default: last)")
     parser.add_argument("--length", type=int, default=3, help="prompt tokens K (default 3)")
     parser.add_argument("--restarts", type=int, default=1, help="prompts optimized together (default 1)")
-    parser.add_argument("--steps", type=int, default=200, help="optimization steps")
+    parser.add_argument("--steps", type=int, default=Budget.steps,
+                        help="at most this many steps (default: %(default)s, i.e. the time limit decides)")
     parser.add_argument("--method", choices=["embed", "gcg"], default="embed", help="optimization method")
     parser.add_argument("--snap", choices=["cosine", "l2"], default=None, help="nearest-token metric (default l2)")
     parser.add_argument("--snap-weight", type=float, default=None, help="snapping penalty weight (default 0)")
@@ -28,7 +29,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--suffix", default="", help="fixed text after the prompt")
     parser.add_argument("--init", metavar="TEXT", help="start the first restart from this text (K tokens)")
     parser.add_argument("--ascii-only", action="store_true", help="printable ASCII tokens only")
-    parser.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop after S seconds")
+    parser.add_argument("--time-limit", type=float, default=Budget.time_limit, metavar="S",
+                        help="stop after S seconds unless a prompt succeeded earlier (default: %(default)s; inf: none)")
     add_run_args(parser)
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 

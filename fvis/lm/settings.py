@@ -82,12 +82,14 @@ METHODS = {"embed": Embed, "gcg": Gcg}
 @dataclass(frozen=True)
 class Budget:
     """``restarts`` prompts optimized as one batch for at most ``steps`` steps and ``time_limit``
-    seconds (counted from the call, set-up included); ``stop_on_success``: stop when a restart
-    succeeds on its real tokens (target texts only)."""
+    seconds (counted from the call, set-up included; ``None`` or ``inf``: no limit);
+    ``stop_on_success``: stop when a restart succeeds on its real tokens (target texts only).
+    The defaults are a time budget, not a step count: a search either succeeds within seconds or
+    rarely at all, so it runs until success or 60 s (results/invert/ measures this setting)."""
 
     restarts: int = 1
-    steps: int = 200
-    time_limit: float | None = None
+    steps: int = 1_000_000
+    time_limit: float | None = 60.0
     stop_on_success: bool = True
 
     def __post_init__(self):
