@@ -101,6 +101,13 @@ def folder_out_model(args: argparse.Namespace):
     return out, load_model(args)
 
 
+def add_folder_inputs(p: argparse.ArgumentParser, layer_help: str) -> None:
+    """``--model``, ``--layer`` and ``--images`` (a folder) of a command over an image folder."""
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--layer", required=True, help=layer_help)
+    p.add_argument("--images", required=True, type=Path, help="folder of images (unreadable files are skipped)")
+
+
 def add_folder_command_args(p: argparse.ArgumentParser) -> None:
     """``--no-cache`` (activation cache), the run flags and the model flags of a folder command."""
     p.add_argument("--no-cache", action="store_true", help="do not read or write the activation cache")

@@ -1,20 +1,16 @@
 """``fvis atlas``: an activation atlas of a layer over a folder of images."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..features.atlas import atlas, save_atlas
 from ..features.embed import METHODS
-from ._args import (MODEL_HELP, add_folder_command_args, folder_out_model, positive_int,
+from ._args import (add_folder_command_args, add_folder_inputs, folder_out_model, positive_int,
                     warnings_as_lines_quiet_model)
 
 HELP = "activation atlas: a layer's spatial activations laid out in 2-D, each grid cell's mean rendered"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--layer", required=True, help="a layer with a spatial (channels x height x width) output")
-    p.add_argument("--images", required=True, type=Path, help="folder of images (unreadable files are skipped)")
+    add_folder_inputs(p, "a layer with a spatial (channels x height x width) output")
     p.add_argument("--grid", type=positive_int, default=16, help="cells per side of the atlas")
     p.add_argument("--min-count", type=positive_int, default=3, help="activations a cell needs to be rendered")
     p.add_argument("--steps", type=positive_int, default=256, help="optimization steps per cell")

@@ -1,20 +1,16 @@
 """``fvis map``: a 2-D map of a layer's pooled activations over a folder of images."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..features.embed import METHODS
 from ..features.maps import LABELS, feature_map, save_map
-from ._args import (MODEL_HELP, add_folder_command_args, folder_out_model, positive_int,
+from ._args import (add_folder_command_args, add_folder_inputs, folder_out_model, positive_int,
                     warnings_as_lines_quiet_model)
 
 HELP = "map of a feature space: PCA / t-SNE / UMAP of a layer's pooled activations over a folder"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--layer", required=True, help="layer whose pooled (spatial mean) activations are mapped")
-    p.add_argument("--images", required=True, type=Path, help="folder of images (unreadable files are skipped)")
+    add_folder_inputs(p, "layer whose pooled (spatial mean) activations are mapped")
     p.add_argument("--method", choices=METHODS, default="tsne", help="embedding (umap needs umap-learn)")
     p.add_argument("--labels", choices=LABELS, default="from-names",
                    help="colour by the file name (up to the first _) or by the model's top-1 class")
