@@ -268,6 +268,15 @@ def capturing(model: nn.Module, layers: Iterable[str], **options) -> Iterator[Ca
         yield cap
 
 
+def grey_activations(model: nn.Module, layers: Iterable[str], size=None) -> Activations:
+    """Activations of ``layers`` for one mid-grey image at ``size`` ``(H, W)`` (default: the model's
+    ``input_size``): the dry forward that checks layers, channels and shapes before long work."""
+    h, w = size or model.input_size
+    x = torch.full((1, getattr(model, "channels", 3), h, w), 0.5, device=next(model.parameters()).device)
+    with capturing(model, layers) as cap:
+        return cap.plan(x)
+
+
 def output_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, Any, int]]:
     """``(name, type, output shape or None, calls)`` for every module from one dry forward
     (shape of the last call), then ``("output", "model output", shape, 1)``."""

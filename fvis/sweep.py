@@ -24,7 +24,7 @@ import objectives
 
 from .classes import resolve_class
 from .errors import FvisError
-from .hooks import capturing
+from .hooks import grey_activations
 from .files import atomic_write, check_writable, list_images, write_json
 from .models import load, top_classes
 from .naming import slug
@@ -225,10 +225,7 @@ def _unique(items: list) -> list:
 
 def _dry_check(model, objs, size) -> None:
     """One forward of a grey image: unknown layers, channels or classes raise ``FvisError``."""
-    h, w = size or model.input_size
-    x = torch.full((1, model.channels, h, w), 0.5, device=next(model.parameters()).device)
-    with capturing(model, set().union(*(o.layers for o in objs))) as cap:
-        acts = cap.plan(x)
+    acts = grey_activations(model, set().union(*(o.layers for o in objs)), size)
     for o in objs:
         o.check(acts)
 

@@ -59,7 +59,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..errors import FvisError
-from ..hooks import Capture, frozen
+from ..hooks import grey_activations
 from .activations import (POOLS, Images, cached, check_counts, check_layers, check_target, compute_activations,
                           compute_gradients, images_key, model_fingerprint)
 from .cavfile import save_cavs
@@ -323,9 +323,6 @@ def tcav(model, layers: str | Sequence[str], target: int | str, class_images: Im
 
 
 def _layer_shapes(model, layers: Sequence[str]) -> dict[str, list[int]]:
-    """Per-item output shape of each layer (one dry forward of a blank image)."""
-    device = next(model.parameters()).device
-    x = torch.zeros(1, getattr(model, "channels", 3), *model.input_size, device=device)
-    with torch.no_grad(), frozen(model), Capture(model, layers) as cap:
-        acts = cap.forward(x)
-        return {l: list(acts[l].shape[1:]) for l in layers}
+    """Per-item output shape of each layer (one dry forward of a grey image)."""
+    acts = grey_activations(model, layers)
+    return {l: list(acts[l].shape[1:]) for l in layers}

@@ -24,7 +24,7 @@ from ..display import colorize
 from ..engine import optimize
 from ..errors import FvisError
 from ..files import save_image, write_json
-from ..hooks import Capture, frozen, resolve_layers
+from ..hooks import frozen, grey_activations, resolve_layers
 from ..param import FourierImage
 from ..policies import CaptureOptions
 from .activations import FolderActivations, Images, folder_activations, view_images
@@ -132,10 +132,7 @@ class Atlas:
 
 def check_spatial(model, layer: str) -> None:
     """One clear error before any long work when ``layer`` is unknown or gives no ``(C, H, W)`` map."""
-    size = tuple(model.input_size)
-    x = torch.full((1, getattr(model, "channels", 3), *size), 0.5, device=next(model.parameters()).device)
-    with frozen(model), Capture(model, [layer]) as cap:
-        a = cap.plan(x)[layer]
+    a = grey_activations(model, [layer])[layer]
     if a.dim() != 4:
         raise FvisError(f"layer {layer!r} has no spatial output (its output is {tuple(a.shape[1:])}, not channels "
                         f"x height x width); an atlas needs a convolutional layer")
