@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
@@ -27,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torchvision.transforms.v2 import functional as F
 
-from ..datasets import ImageFolder
+from ..datasets import ImageFolder, read_images, warn_skipped
 from ..errors import FvisError
 from ..files import atomic_write, list_images, load_image
 from ..hooks import OUTPUT, Capture, frozen
@@ -193,14 +192,11 @@ def _sources(images: Images, channels: int) -> tuple[list[str], list[torch.Tenso
         if images.dim() != 4 or images.shape[1] != channels:
             raise FvisError(f"images: expected a tensor (N, {channels}, H, W) in [0, 1], got {tuple(images.shape)}")
         return [f"#{i}" for i in range(len(images))], list(images.detach().float().cpu()), []
-    names, ims, skipped = [], [], []
-    for path in list_images(images):  # FvisError when missing or empty
-        try:
-            ims.append(load_image(path, None, channels))
-            names.append(path.name)
-        except FvisError as e:
-            skipped.append(f"{path.name}: {e}")
-            warnings.warn(f"fvis: skipping unreadable image: {e}", stacklevel=3)
+    paths = list_images(images)  # FvisError when missing or empty
+    kept, ims, unread = read_images(paths, None, channels)  # the folder rule: skipped, counted, one warning
+    warn_skipped(unread)
+    names = [paths[i].name for i in kept]
+    skipped = [f"{p.name}: {reason}" for p, reason in unread]
     if not ims:
         raise FvisError(f"no readable images in {images} ({len(skipped)} unreadable)")
     return names, ims, skipped
