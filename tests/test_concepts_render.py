@@ -105,3 +105,43 @@ def test_render_command_with_cav_and_bad_cav_files(cavs, tmp_path, capsys):
         code, printed, err = _render(capsys, *argv, "--out", str(tmp_path / "bad"))
         assert code == 2 and printed == "", (argv, printed, err)
         assert err.startswith("fvis: error: ") and err.count("\n") == 1 and message in err, (argv, err)
+
+
+def test_direction_spec_is_the_cav_layer_first_or_any_saved_vector(lite0, cavs, tmp_path, capsys):
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from fvis.concepts.objective import split_direction_spec
+
+    assert split_direction_spec("direction:_blocks.8:x/cavs.safetensors:stripes") == (
+        "_blocks.8", Path("x/cavs.safetensors"), "stripes")
+    with pytest.raises(fvis.FvisError, match="expected direction:LAYER:FILE"):
+        split_direction_spec("direction:_blocks.8")
+    # the CAV named layer first is the same objective as cav:FILE:CONCEPT@LAYER
+    images = torch.rand(2, 3, 96, 96)
+    a = projection(lite0, images, parse_cav(f"direction:{LAYER}:{cavs['mean']}"))
+    b = projection(lite0, images, parse_cav(f"cav:{cavs['mean']}:stripes@{LAYER}"))
+    assert torch.equal(a, b)
+    # any saved vector: .npy, .pt and a one-tensor .safetensors give objectives.direction of it
+    v = torch.randn(112)
+    np.save(tmp_path / "v.npy", v.numpy())
+    torch.save(v, tmp_path / "v.pt")
+    save_file({"v": v}, str(tmp_path / "v.safetensors"))
+    want = projection(lite0, images, objectives.direction(LAYER, v))
+    for name in ("v.npy", "v.pt", "v.safetensors"):
+        got = projection(lite0, images, parse_cav(f"direction:{LAYER}:{tmp_path / name}"))
+        assert torch.allclose(got, want), name
+    save_file({"a": v, "b": v.clone()}, str(tmp_path / "two.safetensors"))
+    np.save(tmp_path / "m.npy", np.zeros((3, 4), dtype=np.float32))
+    bad = [(f"direction:{LAYER}:{tmp_path / 'two.safetensors'}", "holds 2 tensors"),
+           (f"direction:{LAYER}:{tmp_path / 'm.npy'}", "a direction is one vector, got (3, 4)"),
+           (f"direction:{LAYER}:{tmp_path / 'nope.npy'}", "direction file not found"),
+           (f"direction:_blocks.2:{tmp_path / 'v.npy'}", "direction has 112 entries but layer '_blocks.2' has 24"),
+           (f"direction:_blocks.2:{cavs['mean']}", "no CAV at _blocks.2")]
+    for spec, message in bad:
+        code, printed, err = _render(capsys, "-o", spec, "--size", "64", "--out", str(tmp_path / "bad"))
+        assert code == 2 and printed == "", (spec, printed, err)
+        assert err.startswith("fvis: error: ") and err.count("\n") == 1 and message in err, (spec, err)
+    code, printed, err = _render(capsys, "-o", f"direction:{LAYER}:{tmp_path / 'v.npy'}", "--size", "64",
+                                 "--out", str(tmp_path / "ok"))
+    assert code == 0 and f"direction:{LAYER}" in printed, err

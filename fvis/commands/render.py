@@ -5,7 +5,7 @@ from pathlib import Path
 
 import objectives
 
-from ..concepts.objective import FORM as CAV_FORM
+from ..concepts.objective import DIRECTION_FORM, FORM as CAV_FORM
 from ..concepts.objective import is_cav_spec, parse_cav, steer
 from ..errors import FvisError
 from ..files import check_writable
@@ -19,7 +19,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--objective", "-o", action="append", required=True, metavar="SPEC",
                         help=f"channel:LAYER:C | neuron:LAYER:C[:X:Y] | layer:LAYER | logit:C | {CAV_FORM} "
-                             "(a concept's CAV saved by fvis tcav) (repeatable)")
+                             f"(a concept's CAV saved by fvis tcav) | {DIRECTION_FORM} (a CAV, or any saved "
+                             "vector: .npy/.pt/.safetensors) (repeatable)")
     steering = parser.add_mutually_exclusive_group()
     steering.add_argument("--toward", metavar=CAV_FORM, help="add a saved concept's CAV term to every objective")
     steering.add_argument("--away", metavar=CAV_FORM, help="subtract a saved concept's CAV term from every objective")
@@ -48,7 +49,7 @@ def run(args) -> None:
     base, term, concept = list(objs), None, args.toward or args.away
     if concept is not None:
         if not is_cav_spec(concept):
-            raise FvisError(f"--{'toward' if args.toward else 'away'} {concept!r}: expected {CAV_FORM}")
+            raise FvisError(f"--{'toward' if args.toward else 'away'} {concept!r}: expected {CAV_FORM} or {DIRECTION_FORM}")
         term = parse_cav(concept)
         objs = [steer(o, term, args.concept_weight, away=args.away is not None) for o in objs]
     settings = {"param": args.param, "size": list(args.size or model.input_size), "steps": args.steps,
