@@ -9,6 +9,7 @@ map_<layer>/ (map.csv, map.json, map.png) and maps.md."""
 from __future__ import annotations
 
 import argparse
+import os
 import io
 import statistics
 import sys
@@ -48,6 +49,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (medians reported)")
     p.add_argument("--map-layers", default="_blocks.2,_blocks.15")
     p.add_argument("--map-views", type=int, default=6)
+    p.add_argument("--map-methods", default="tsne,umap", help="embeddings of the maps part, one row of panels each "
+                   "(umap needs umap-learn)")
     p.add_argument("--parts", default="maps,atlas", help="what to run: maps, atlas or both")
     p.add_argument("--save-photos", type=Path, metavar="DIR",
                    help="only write the 7 offline photos as PNGs into DIR (for `fvis map/atlas --images DIR`)")
@@ -60,9 +63,9 @@ def main() -> None:
     model = fvis.load("efficientnet-lite0")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    header = f"Command: `python scripts/bench_atlas.py {' '.join(sys.argv[1:])}` (one CPU core, " \
-             "`taskset -c 1`, OMP_NUM_THREADS=1; the core was shared with two other jobs, so absolute " \
-             "times are noisy; ratios come from interleaved rounds, medians)."
+    header = f"Command: `python scripts/bench_atlas.py {' '.join(sys.argv[1:])}` (CPU cores {sorted(os.sched_getaffinity(0))}, " \
+             f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at the start; " \
+             "timing ratios come from interleaved rounds, medians)."
     parts = args.parts.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "photos"
@@ -93,25 +96,36 @@ def cross_colour_neighbours(fmap) -> float:
 
 def maps(model, folder: Path, cache: Path, out: Path, args, header: str) -> None:
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(16, 7.5), dpi=100)
-    axes = fig.subplots(1, 2)
+
+    from fvis.features.embed import check_method
+
+    methods = args.map_methods.split(",")
+    for method in methods:
+        check_method(method)
+    layers = args.map_layers.split(",")
+    names = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
+    fig = Figure(figsize=(16, 7.5 * len(methods)), dpi=100)
+    axes = fig.subplots(len(methods), len(layers), squeeze=False)
     lines = ["# Feature maps of EfficientNet-Lite0: an early vs a late layer", "", header, "",
-             f"t-SNE of pooled activations of the 7 offline photos and a grey copy of each (14 images) x "
-             f"{args.map_views} views (the centre crop and seeded random crops/flips); label = the photo, so a "
-             "grey copy carries its photo's label. Silhouette (by photo) in the layer's feature space "
-             "(cosine) and in the 2-D map; grey -> colour: share of grey views whose nearest view from another "
-             "file (cosine, feature space) is of the same photo (i.e. its colour copy) rather than of another "
-             "grey photo or another photo.", "",
-             "| layer | collect s | t-SNE s | silhouette, features | silhouette, 2-D map | grey -> colour |",
-             "|---|---|---|---|---|---|"]
-    for ax, layer in zip(axes, args.map_layers.split(",")):
-        fmap = feature_map(model, folder, layer, method="tsne", views=args.map_views, cache=cache)
-        save_map(fmap, folder, out / f"map_{layer}", model)
-        plot_map(fmap, folder, None, model, title=f"{layer}: t-SNE ({len(fmap.xy)} views)", ax=ax)
-        s_feat = silhouette(fmap.acts.values, fmap.labels)
-        s_map = silhouette(fmap.xy, fmap.labels, "euclidean")
-        lines.append(f"| {layer} | {fmap.acts.seconds:.2f} | {fmap.seconds_embed:.2f} | {s_feat:.3f} | {s_map:.3f} | "
-                     f"{cross_colour_neighbours(fmap):.2f} |")
+             f"{' and '.join(names.get(m, m) for m in methods)} of pooled activations of the 7 offline photos and a "
+             f"grey copy of each (14 images) x {args.map_views} views (the centre crop and seeded random crops/flips); "
+             "label = the photo, so a grey copy carries its photo's label. Silhouette (by photo) in the layer's "
+             "feature space (cosine) and in the 2-D map; grey -> colour: share of grey views whose nearest view "
+             "from another file (cosine, feature space) is of the same photo (i.e. its colour copy) rather than "
+             "of another grey photo or another photo. Embedding seconds include the first call's compilation "
+             "(UMAP's numba JIT) where there is one.", "",
+             "| layer | method | collect s | embed s | silhouette, features | silhouette, 2-D map | grey -> colour |",
+             "|---|---|---|---|---|---|---|"]
+    for row, method in zip(axes, methods):
+        for ax, layer in zip(row, layers):
+            fmap = feature_map(model, folder, layer, method=method, views=args.map_views, cache=cache)
+            save_map(fmap, folder, out / (f"map_{layer}" if method == "tsne" else f"map_{layer}_{method}"), model)
+            plot_map(fmap, folder, None, model, title=f"{layer}: {names.get(method, method)} ({len(fmap.xy)} views)",
+                     ax=ax)
+            s_feat = silhouette(fmap.acts.values, fmap.labels)
+            s_map = silhouette(fmap.xy, fmap.labels, "euclidean")
+            lines.append(f"| {layer} | {method} | {fmap.acts.seconds:.2f} | {fmap.seconds_embed:.2f} | {s_feat:.3f} | "
+                         f"{s_map:.3f} | {cross_colour_neighbours(fmap):.2f} |")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

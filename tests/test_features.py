@@ -63,6 +63,14 @@ def test_embedding_is_deterministic_for_a_seed():
         embed(x[:2], "tsne")
 
 
+def test_umap_embedding_is_deterministic_for_a_seed():
+    pytest.importorskip("umap", reason="umap-learn is not installed (pip install 'fvis[umap]')")
+    x = torch.randn(60, 16, generator=torch.Generator().manual_seed(1))
+    a, b, c = embed(x, "umap", seed=3), embed(x, "umap", seed=3), embed(x, "umap", seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (60, 2) and a.min() >= 0 and a.max() <= 1
+
+
 def test_grid_averages_exactly_the_activations_in_each_cell():
     g = torch.Generator().manual_seed(0)
     xy, values = torch.rand(200, 2, generator=g), torch.randn(200, 7, generator=g)
