@@ -111,9 +111,10 @@ def as_panel(item, title: str | None = None) -> Panel:
     elif isinstance(item, Image.Image):
         p = as_panel(np.asarray(item.convert("RGB")))
     elif isinstance(item, np.ndarray):
-        arr = torch.from_numpy(np.ascontiguousarray(item)).float()
+        arr = torch.from_numpy(np.array(item, dtype=np.float32))
         arr = arr / 255 if item.dtype == np.uint8 else arr
         p = as_panel(arr[None] if arr.dim() == 2 else arr.permute(2, 0, 1))
+        p.tile = min(max(arr.shape[:2]), 640)
     elif isinstance(item, torch.Tensor) and item.dim() in (3, 4):
         images = list(item.detach().float().cpu()) if item.dim() == 4 else [item.detach().float().cpu()]
         p = Panel("", images, [f"{i}" for i in range(len(images))] if len(images) > 1 else [""])

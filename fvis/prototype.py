@@ -60,8 +60,9 @@ class Prototype(Displayable):
         return prototype_stem(self.cls, self.name, self.k, self.per_class)
 
     def _panel(self) -> Panel:
-        figures = {"objective": self.objective, **self.metrics, "seconds": self.seconds}
-        return Panel("prototype", [self.image], [f"{self.cls} {self.name}"], figures, tile=224)
+        metrics = {k: v for k, v in self.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        figures = {"objective": self.objective, **metrics, "seconds": self.seconds}
+        return Panel("prototype", [self.image], [f"{self.cls}: {self.name}"], figures, tile=224)
 
 
 def prototype_stem(cls: int, name: str, k: int = 0, per_class: int = 1) -> str:

@@ -132,7 +132,7 @@ class Atlas(Displayable):
 
     def _panel(self) -> Panel:
         figures = {"layer": self.layer, "grid": f"{self.grid}x{self.grid}", "cells rendered": len(self.cells),
-                   "activations": len(self.acts.values), **{f"seconds {k}": v for k, v in self.seconds.items()}}
+                   "activations": len(self.acts.values), **{f"seconds {k}": v for k, v in self.seconds.items() if isinstance(v, float)}}
         return Panel("activation atlas", [atlas_canvas(self), density_image(self)],
                      [f"atlas of {self.layer}", "density (activations per cell)"], figures, tile=320)
 
