@@ -77,10 +77,13 @@ class Inversion(Displayable):
     def _panel(self) -> Panel:
         """A compact table: one row per restart (best first): the prompt, whether it works, p(target),
         the greedy continuation and the perplexity; the target and timings as key figures."""
-        rows = [{"prompt": repr(r.text), "success": r.success, "p(target)": r.p_target, "greedy": repr(r.greedy),
+        s = self.settings
+        rows = [{"prompt": repr(s.get("prefix", "")) + " + " + repr(r.text) if s.get("prefix") else repr(r.text),
+                 "success": r.success, "p(target)": r.p_target, "greedy": r.greedy and repr(r.greedy),
                  "perplexity": r.perplexity, "value": r.value} for r in self.restarts or [self.best]]
         rows = [{k: ("" if v is None else v) for k, v in row.items()} for row in rows]
-        figures = {"target": repr(self.settings.get("target", "")), "steps": self.steps, "seconds": self.seconds,
+        goal = {"target": repr(s["target"])} if s.get("target") is not None else {"objective": s.get("objective", "")}
+        figures = {**goal, "steps": self.steps, "seconds": self.seconds,
                    "seconds to success": self.seconds_to_success if self.seconds_to_success is not None else "-"}
         if self.stopped:
             figures["stopped"] = self.stopped
