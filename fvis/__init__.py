@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from .allocator import tune_allocator
 from .engine import Result, optimize
 from .errors import FvisError
+from .inline import show
 from .models import ImageModel, load, wrap
 from .params import FourierImage, PixelImage
 
@@ -18,4 +19,4 @@ except PackageNotFoundError:  # pragma: no cover
     __version__ = "0.0.0"
 
 __all__ = ["optimize", "Result", "FvisError", "ImageModel", "load", "wrap", "FourierImage", "PixelImage",
-           "tune_allocator"]
+           "tune_allocator", "show"]

@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from .hooks import Capture, capturing
+from .inline import Displayable, Panel, fmt
 from .naming import unique
 from .optim.protocol import SearchOptimizer
 from .optim.registry import OPTIMIZERS, make_optimizer  # noqa: F401  (engine.OPTIMIZERS: an old path)
@@ -19,7 +20,7 @@ __all__ = ["optimize", "Result", "OPTIMIZERS", "make_optimizer", "SearchOptimize
 
 
 @dataclass
-class Result:
+class Result(Displayable):
     """What :func:`optimize` returns.
 
     ``input``: final ``param()`` (detached, CPU). ``values``: final objective per item ``(B,)``,
@@ -45,11 +46,22 @@ class Result:
     stopped: str | None = None
     done: torch.Tensor | None = None
     done_step: torch.Tensor | None = None
+    labels: list[str] | None = None
 
     @property
     def seconds_per_step(self) -> float:
         """Wall time of the optimization steps alone (no set-up, no final evaluation)."""
         return self.loop_seconds / max(self.steps, 1)
+
+    def _panel(self) -> Panel:
+        labels = self.labels or [f"item {i}" for i in range(len(self.input))]
+        if self.values is not None:
+            labels = [f"{label}\n{fmt(float(v))}" for label, v in zip(labels, self.values)]
+        figures = {"steps": self.steps, "seconds": self.seconds, "s/step": self.seconds_per_step}
+        if self.stopped:
+            figures["stopped"] = self.stopped
+        images = list(self.input) if self.input.dim() == 4 else []  # token inputs have no picture
+        return Panel("fvis.optimize", images, labels, figures)
 
 
 def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regularizers: Sequence = (), *,

@@ -112,8 +112,16 @@ def _jsonable(v):
 
 def contact_sheet(images: Sequence[torch.Tensor], labels: Sequence[str], path: str | Path,
                   columns: int | None = None, tile: int = 224, lines: int = 2) -> Path:
-    """A labelled grid of ``(C, H, W)`` images in [0, 1], saved as PNG; each label is word-wrapped
-    to the tile width (``\n`` starts a new line) and cut at ``lines`` lines."""
+    """A labelled grid of ``(C, H, W)`` images in [0, 1], saved as PNG (see :func:`sheet_image`)."""
+    sheet = sheet_image(images, labels, columns, tile, lines)
+    return atomic_write(Path(path), lambda f: sheet.save(f, format="PNG"))
+
+
+def sheet_image(images: Sequence[torch.Tensor], labels: Sequence[str], columns: int | None = None,
+                tile: int = 224, lines: int = 2) -> Image.Image:
+    """A labelled grid of ``(C, H, W)`` images in [0, 1] as a Pillow image (each fitted into a
+    ``tile`` square, aspect kept); each label is word-wrapped to the tile width (``\n`` starts a
+    new line) and cut at ``lines`` lines."""
     n = len(images)
     columns = columns or min(n, 6)
     rows = (n + columns - 1) // columns
@@ -124,13 +132,15 @@ def contact_sheet(images: Sequence[torch.Tensor], labels: Sequence[str], path: s
     font = _label_font()
     for i, (img, label) in enumerate(zip(images, labels)):
         arr = to_uint8(img if img.shape[0] == 3 else img[:1].expand(3, -1, -1)).permute(1, 2, 0).numpy()
-        pil = Image.fromarray(arr).resize((tile, tile), Image.Resampling.LANCZOS)
+        h, w = arr.shape[:2]
+        fit = (tile, max(1, round(tile * h / w))) if w >= h else (max(1, round(tile * w / h)), tile)
+        pil = Image.fromarray(arr).resize(fit, Image.Resampling.LANCZOS)
         x, y = pad + (i % columns) * (tile + pad), pad + (i // columns) * (tile + text_h + pad)
-        sheet.paste(pil, (x, y))
+        sheet.paste(pil, (x + (tile - fit[0]) // 2, y + (tile - fit[1]) // 2))
         wrapped = [w for part in label.split("\n") for w in _wrap(part, tile // 6)]
         for j, line in enumerate(wrapped[:lines]):
             draw.text((x, y + tile + 2 + line_h * j), line, fill="black", font=font)
-    return atomic_write(Path(path), lambda f: sheet.save(f, format="PNG"))
+    return sheet
 
 
 def _label_font():

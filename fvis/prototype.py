@@ -27,6 +27,7 @@ from .engine import optimize
 from .errors import FvisError
 from .evaluate import evaluate_images, path_layers
 from .hooks import Capture, frozen
+from .inline import Displayable, Panel
 from .io import contact_sheet, load_image, save_image, versions, write_json
 from .models import ImageModel
 from .naturalness import naturalness
@@ -38,7 +39,7 @@ from .render import slug
 
 
 @dataclass
-class Prototype:
+class Prototype(Displayable):
     """One generated class image. ``image``: ``(C, H, W)`` in [0, 1]; ``metrics``: clean_p,
     robustness, transfer, hfer (see :mod:`fvis.evaluate`); ``history``: per-step values of each
     loss term for this item; ``seconds``: the batch's generation time (no evaluation) / items."""
@@ -57,6 +58,11 @@ class Prototype:
     @property
     def stem(self) -> str:
         return prototype_stem(self.cls, self.name, self.k, self.per_class)
+
+    def _panel(self) -> Panel:
+        metrics = {k: v for k, v in self.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        figures = {"objective": self.objective, **metrics, "seconds": self.seconds}
+        return Panel("prototype", [self.image], [f"{self.cls}: {self.name}"], figures, tile=224)
 
 
 def prototype_stem(cls: int, name: str, k: int = 0, per_class: int = 1) -> str:

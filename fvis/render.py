@@ -28,9 +28,11 @@ def render(model: ImageModel, objectives: Sequence[Objective], *, param: str = "
     kwargs = {"decay_power": decay_power} if param == "fourier" else {}
     image = PARAMS[param](size, batch=len(objectives), channels=model.channels, seed=seed, **kwargs).to(device)
     regs = [reg.TransformRobustness()] if transforms else []
-    return optimize(model, batched(objectives), image, regs, steps=steps, lr=lr, optimizer=optimizer,
-                    seed=seed, thresholds=thresholds, progress=progress,
-                    policies=[CaptureOptions(channels_last=channels_last)])
+    result = optimize(model, batched(objectives), image, regs, steps=steps, lr=lr, optimizer=optimizer,
+                      seed=seed, thresholds=thresholds, progress=progress,
+                      policies=[CaptureOptions(channels_last=channels_last)])
+    result.labels = [o.name for o in objectives]
+    return result
 
 
 def save_renders(result: Result, model: ImageModel, specs: Sequence[str], out: Path, settings: dict) -> list[Path]:

@@ -18,12 +18,13 @@ import objectives
 
 from ..errors import FvisError
 from ..hooks import OUTPUT
+from ..inline import Displayable, Panel, fmt
 from ..models import ImageModel
 from ..policies import Policy, Run, spread
 
 
 @dataclass
-class AttackResult:
+class AttackResult(Displayable):
     """Per-item outcome of an attack (``B`` images). Images are 8-bit-exact floats (k / 255).
 
     ``success``: judged on ``adversarial`` (the quantized image). ``prob``: p(target) for targeted
@@ -50,6 +51,21 @@ class AttackResult:
     @property
     def success_rate(self) -> float:
         return float(self.success.float().mean())
+
+    def _panel(self) -> Panel:
+        """Each clean image, its adversarial image and the perturbation (magnified to fill [0, 1])."""
+        images, labels = [], []
+        kind = "target" if self.targeted else "class"
+        for i in range(len(self.clean)):
+            d = self.adversarial[i] - self.clean[i]
+            images += [self.clean[i], self.adversarial[i], 0.5 + 0.5 * d / d.abs().max().clamp_min(1e-12)]
+            labels += [f"clean, {kind} {int(self.classes[i])}",
+                       f"{'fooled' if self.success[i] else 'not fooled'}, p={fmt(float(self.prob[i]))}",
+                       f"perturbation\nLinf {float(self.linf[i]) * 255:.1f}/255, L2 {fmt(float(self.l2[i]))}"]
+        figures = {"success rate": self.success_rate, "targeted": self.targeted, "seconds": self.seconds}
+        if self.queries is not None:
+            figures["queries (mean)"] = float(self.queries.float().mean())
+        return Panel(f"attack {self.settings.get('method', '')}".strip(), images, labels, figures, columns=3)
 
 
 def quantize(clean: torch.Tensor, adversarial: torch.Tensor, eps: float, norm: str) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from ..classes import resolve_class
 from ..errors import FvisError, suggest
 from ..files import load_image, save_image, versions, write_json
+from ..inline import Displayable, Panel
 from ..models import ImageModel
 from ..naming import unique
 from .methods import attack
@@ -26,7 +27,7 @@ DEFAULT_ATTACKS = ("apgd-ce", "apgd-t", "square")
 
 
 @dataclass
-class RobustnessReport:
+class RobustnessReport(Displayable):
     """``clean_accuracy``; ``robust_accuracy`` after all attacks; ``per_attack``: attack name ->
     robust accuracy after it; ``attacks``: per attack, images attacked / fooled, seconds, queries;
     ``items``: per image, the label, clean prediction, which attack fooled it (or ``None``), the
@@ -49,6 +50,16 @@ class RobustnessReport:
                 "per_attack": self.per_attack, "attacks": self.attacks, "evaluators": self.evaluators,
                 "settings": self.settings, "seconds": round(self.seconds, 3),
                 "success_judged_on": "the saved 8-bit PNGs, re-classified, norm <= eps", "items": self.items}
+
+    def _panel(self) -> Panel:
+        """The worst-case images, each labelled with its class, the attack that fooled it and the new
+        prediction; the accuracies as key figures and one table row per attack."""
+        labels = [f"{it['label_name']}\n" + (f"{it['fooled_by']}: {it.get('adversarial_pred', '')}" if it["fooled_by"]
+                                              else "robust" if it["clean_correct"] else f"wrong: {it['clean_pred']}")
+                  for it in self.items]
+        figures = {"clean accuracy": self.clean_accuracy, "robust accuracy": self.robust_accuracy,
+                   **{f"after {k}": v for k, v in self.per_attack.items()}, "seconds": self.seconds}
+        return Panel("robustness", list(self.adversarial), labels, figures, table=list(self.attacks))
 
 
 def check_attacks(names: Sequence[str]) -> list[str]:

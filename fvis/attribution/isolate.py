@@ -27,6 +27,7 @@ from ..baselines import make_baseline
 from ..display import normalize
 from ..engine import Result, optimize
 from ..hooks import OUTPUT
+from ..inline import Displayable, Panel, fmt
 from ..params.mask import MaskedInput
 from .scorer import Attribution, Scorer, as_batch, plain_settings
 
@@ -34,7 +35,7 @@ STEPS = 100  # optimization steps of the mask by default
 
 
 @dataclass
-class Isolation:
+class Isolation(Displayable):
     """What :func:`isolate` returns (CPU tensors). ``mask`` ``(B, 1, H, W)``; ``kept``: fraction
     of the score kept by the masked input (uncapped); ``area``: mean mask value; ``score`` /
     ``baseline_score``: f(x), f(baseline); ``masked``: the masked inputs; ``result``: the engine's."""
@@ -48,6 +49,14 @@ class Isolation:
     masked: torch.Tensor
     result: Result
     settings: dict = field(default_factory=dict)
+
+    def _panel(self) -> Panel:
+        """Per item: the mask (white = kept) and the masked input, with the share of the score kept."""
+        images, labels = [], []
+        for i in range(len(self.mask)):
+            images += [self.mask[i].expand(3, -1, -1), self.masked[i]]
+            labels += [f"mask, area {fmt(float(self.area[i]))}", f"target {int(self.target[i])}\nkept {fmt(float(self.kept[i]))}"]
+        return Panel("feature isolation", images, labels, columns=2 * min(len(self.mask), 3))
 
 
 def isolate(model: nn.Module, x: torch.Tensor, target=None, *, baseline="blur", steps: int = STEPS, lr: float = 0.1,

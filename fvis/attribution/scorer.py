@@ -14,13 +14,15 @@ from torch import nn
 from objectives import Objective
 
 from ..classes import resolve_class
+from ..display import colorize
 from ..errors import FvisError
 from ..hooks import OUTPUT, Capture, frozen
+from ..inline import Displayable, Panel, fmt
 from ..progress import progress_bar
 
 
 @dataclass
-class Attribution:
+class Attribution(Displayable):
     """What an attribution method returns (all tensors on the CPU).
 
     ``raw``: the attribution itself, ``(B, C, H, W)`` (per input value) or ``(B, 1, H, W)``
@@ -37,6 +39,13 @@ class Attribution:
     settings: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     seconds: float = 0.0
+
+    def _panel(self) -> Panel:
+        """The heatmaps in the inferno colour map (``fvis.show((image, attribution))`` puts the input
+        beside them; :func:`fvis.display.overlay` draws one over the other)."""
+        labels = [f"{self.method}, target {int(t)}\nscore {fmt(float(s))}" for t, s in zip(self.target, self.score)]
+        return Panel(f"attribution {self.method}", [colorize(h) for h in self.heatmap], labels,
+                     {"seconds": self.seconds})
 
 
 class Scorer:

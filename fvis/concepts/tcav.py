@@ -60,6 +60,7 @@ import torch
 
 from ..errors import FvisError
 from ..hooks import grey_activations
+from ..inline import Displayable, Panel
 from .activations import (POOLS, Images, cached, check_counts, check_layers, check_target, compute_activations,
                           compute_gradients, images_key, model_fingerprint)
 from .cavfile import save_cavs
@@ -108,7 +109,7 @@ class ConceptResult:
 
 
 @dataclass
-class TCAVResult:
+class TCAVResult(Displayable):
     results: list[ConceptResult]            # one per (concept, layer), concepts in the given order
     random: dict[str, ConceptResult]        # layer -> random-vs-random null
     settings: dict = field(default_factory=dict)
@@ -130,6 +131,16 @@ class TCAVResult:
 
     def save_cavs(self, path: str | Path) -> Path:
         return save_cavs(self, path)
+
+    def _panel(self) -> Panel:
+        """One table row per concept and layer (the random-vs-random null last): TCAV score, p-value,
+        significance and CAV accuracy."""
+        rows = [{"concept": r.concept, "layer": r.layer, "class": r.target_name,
+                 "TCAV score": f"{r.score_mean:.2f} ± {r.score_std:.2f}",
+                 "p": "" if r.p_value is None else f"{r.p_value:.3g}",
+                 "significant": "" if r.significant is None else r.significant,
+                 "CAV accuracy": r.accuracies.mean().item()} for r in [*self.results, *self.random.values()]]
+        return Panel("TCAV", table=rows, figures={k: self.settings[k] for k in ("runs", "test") if k in self.settings})
 
 
 # ----------------------------------------------------------------------------- TCAV

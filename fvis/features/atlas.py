@@ -25,6 +25,7 @@ from ..engine import optimize
 from ..errors import FvisError
 from ..files import save_image, write_json
 from ..hooks import frozen, grey_activations, resolve_layers
+from ..inline import Displayable, Panel
 from ..param import FourierImage
 from ..policies import CaptureOptions
 from .activations import FolderActivations, Images, folder_activations, view_images
@@ -112,7 +113,7 @@ def direction_logit_effects(model, layer: str, vectors: torch.Tensor, base: torc
 
 
 @dataclass
-class Atlas:
+class Atlas(Displayable):
     """An activation atlas: ``cells`` (one dict per rendered cell, see :func:`save_atlas`),
     their ``images`` ``(K, C, s, s)`` and ``directions`` ``(K, D)``, the ``counts`` of every grid
     cell ``(grid * grid,)``, the 2-D layout ``xy`` of all activations, and timings."""
@@ -128,6 +129,12 @@ class Atlas:
     values: torch.Tensor
     seconds: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+
+    def _panel(self) -> Panel:
+        figures = {"layer": self.layer, "grid": f"{self.grid}x{self.grid}", "cells rendered": len(self.cells),
+                   "activations": len(self.acts.values), **{f"seconds {k}": v for k, v in self.seconds.items() if isinstance(v, float)}}
+        return Panel("activation atlas", [atlas_canvas(self), density_image(self)],
+                     [f"atlas of {self.layer}", "density (activations per cell)"], figures, tile=320)
 
 
 def check_spatial(model, layer: str) -> None:

@@ -36,6 +36,7 @@ from regularizers.snap import Snap
 from ..engine import optimize
 from ..errors import FvisError, suggest
 from ..hooks import OUTPUT, Capture, frozen
+from ..inline import Displayable, Panel
 from ..optim import GCG, SnapSearch
 from ..params import OneHotTokens, TokenEmbeddings
 from ..params.tokens import _init_ids
@@ -50,7 +51,7 @@ _BUDGET = {"restarts", "steps", "time_limit", "stop_on_success"}
 
 
 @dataclass
-class Inversion:
+class Inversion(Displayable):
     """What :func:`invert` returns: ``best`` and all ``restarts`` (ranked best first) as
     :class:`PromptEval`, the settings, timings, and the engine's :class:`fvis.Result`."""
 
@@ -72,6 +73,21 @@ class Inversion:
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2, ensure_ascii=False)
+
+    def _panel(self) -> Panel:
+        """A compact table: one row per restart (best first): the prompt, whether it works, p(target),
+        the greedy continuation and the perplexity; the target and timings as key figures."""
+        s = self.settings
+        rows = [{"prompt": repr(s.get("prefix", "")) + " + " + repr(r.text) if s.get("prefix") else repr(r.text),
+                 "success": r.success, "p(target)": r.p_target, "greedy": r.greedy and repr(r.greedy),
+                 "perplexity": r.perplexity, "value": r.value} for r in self.restarts or [self.best]]
+        rows = [{k: ("" if v is None else v) for k, v in row.items()} for row in rows]
+        goal = {"target": repr(s["target"])} if s.get("target") is not None else {"objective": s.get("objective", "")}
+        figures = {**goal, "steps": self.steps, "seconds": self.seconds,
+                   "seconds to success": self.seconds_to_success if self.seconds_to_success is not None else "-"}
+        if self.stopped:
+            figures["stopped"] = self.stopped
+        return Panel("prompt inversion", figures=figures, table=rows)
 
 
 def invert(lm: LanguageModel, target: str | None = None, *, objective=None, prompt: Prompt | None = None,
