@@ -188,6 +188,8 @@ def main() -> None:
     ap.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
                     help="glibc malloc settings for both sides (tuned: fvis.tune_allocator(), as the CLI does)")
     ap.add_argument("--no-lucent", action="store_true", help="skip Lucent's reference rows")
+    ap.add_argument("--rows", help="comma-separated words: run only the rows whose label contains one "
+                                   "(e.g. headline,Lucent), to split a long run into pieces")
     ap.add_argument("--out", type=Path, default=Path("results/bench_engine.md"))
     args = ap.parse_args()
     if args.rounds < 2 or args.steps < 1:
@@ -204,7 +206,10 @@ def main() -> None:
         p.requires_grad_(False)
     lucent = None if args.no_lucent else import_lucent()
     rows = []
+    words = [w.strip() for w in args.rows.split(",")] if args.rows else None
     for label, batch, base, other in cases(model, args, batches, full, lucent):
+        if words and not any(w in label for w in words):
+            continue
         pairs = paired(args.steps, args.rounds, base, other)
         ratios = sorted(f / b for b, f in pairs)
         q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
