@@ -3,11 +3,13 @@ backward computes the input's gradient only (the sampling grid is a constant of 
 
 kornia stays the source of the semantics: the grid is kornia's (its pixel-to-normalized
 homography, inverted, applied to kornia's base grid, as ``warp_affine`` builds it eagerly with
-``align_corners=True``), and ``tests/test_warp.py`` pins the forward and the input gradient
-against ``warp_affine``. What changes is the autograd graph: one node instead of kornia's dozen
-small ones, ``grid_sampler_2d_backward`` asked for the input gradient alone
-(``output_mask=[True, False]``), the fill offset added in place, and the output written in the
-memory layout the caller asks for (the model's channels-last input, without a separate copy).
+``align_corners=True``), and ``tests/test_recipe_cost.py`` pins the forward and the input
+gradient against ``warp_affine`` (bit-identical with kornia 0.9). What changes is the autograd
+graph: one node instead of kornia's dozen small ones, ``grid_sampler_2d_backward`` asked for the
+input gradient alone (``output_mask=[True, False]``; PyTorch's CPU kernel still computes the grid
+gradient, so on the CPU this saves the graph, not that work), the fill offset added in place, and
+the output written in the memory layout the caller asks for (``memory_format``; the transform
+keeps the plain layout: see results/bench_engine.md).
 """
 from __future__ import annotations
 
