@@ -99,6 +99,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     stopped = None
     start = time.perf_counter()
     uses_gradient = getattr(opt, "uses_gradient", True)
+    scores_inputs = isinstance(opt, SearchOptimizer) and opt.scores_inputs  # once: a Protocol check is slow
     with capturing(model, layers, **capture_options) as capture, \
             (contextlib.nullcontext() if uses_gradient else torch.no_grad()):
         with torch.no_grad():  # dry run on one transformed item (own generator: the run's draws stay as seeded)
@@ -144,7 +145,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                 opt.zero_grad(set_to_none=True)
                 if uses_gradient:
                     loss.backward()
-                if isinstance(opt, SearchOptimizer) and opt.scores_inputs:  # scores candidates exactly
+                if scores_inputs:  # scores candidates exactly
                     opt.step(lambda x_eval: _score(capture, objective, regularizers, x_eval))
                 else:
                     opt.step()

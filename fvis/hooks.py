@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import FvisError, suggest
+from .execution import autocast, check_precision, compiled
 
 OUTPUT = "output"  # alias for the model's output
 _SELECTOR = re.compile(r"^(?P<base>.*?)(?:\[(?P<key>[^\[\]]+)\])?$")
@@ -79,18 +80,19 @@ def _select(value: Any, key: str | int | None, name: str) -> torch.Tensor:
         raise FvisError(f"layer {name!r}: output of type {type(value).__name__} has no element [{key}]") from None
 
 
-def _protect(value: Any) -> Any:
-    """Clone tensors so later in-place ops (e.g. ``ReLU(inplace=True)``) cannot change what we captured."""
+def _protect(value: Any, dtype: torch.dtype | None = None) -> Any:
+    """Clone tensors so later in-place ops (e.g. ``ReLU(inplace=True)``) cannot change what we captured;
+    ``dtype``: floating-point tensors are copied in that type (bf16 runs: objectives compute in float32)."""
     if isinstance(value, torch.Tensor):
-        return value.clone()
+        return value.to(dtype, copy=True) if dtype is not None and value.is_floating_point() else value.clone()
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
-        return type(value)(*(_protect(v) for v in value))
+        return type(value)(*(_protect(v, dtype) for v in value))
     if isinstance(value, (tuple, list)):
-        return type(value)(_protect(v) for v in value)
+        return type(value)(_protect(v, dtype) for v in value)
     if isinstance(value, dict):
         out = value.copy()
         for k, v in value.items():
-            out[k] = _protect(v)
+            out[k] = _protect(v, dtype)
         return out
     return value
 
@@ -156,13 +158,21 @@ class Capture:
     Without ``plan()``, ``forward()`` feeds NCHW unless ``channels_last=True``. Not caught: a
     model that fails only in backward on channels-last gradients, or silently assumes NCHW
     strides (``data_ptr`` arithmetic); pass ``channels_last=False`` for those.
+
+    ``precision``: ``"bf16"`` runs the forward under ``torch.autocast`` (bfloat16; captured
+    activations and the output come back as float32); ``compile``: the forward (and so its
+    backward) through ``torch.compile`` (:mod:`fvis.execution`), without truncation (a compiled
+    graph runs whole). Both off by default.
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str], truncate: bool = True,
-                 channels_last: bool | None = None):
+                 channels_last: bool | None = None, precision: str = "fp32", compile: bool = False):
         self.model = model
         self.modules = resolve_layers(model, set(layers))
-        self.truncate = truncate
+        self.truncate = truncate and not compile
+        self.precision = check_precision(precision)
+        self._dtype = None if precision == "fp32" else torch.float32  # captured values come back in float32
+        self._run = compiled(model) if compile else model
         self._layout_request = channels_last  # the caller's choice; None: plan() decides
         self.channels_last = bool(channels_last)  # the layout forward() uses
         self._handles: list = []
@@ -178,7 +188,10 @@ class Capture:
         try:
             for name, module in self.modules.items():
                 if module is not None:
-                    self._handles.append(module.register_forward_hook(partial(self._hook, name)))
+                    hook = partial(self._hook, name)
+                    if self._run is not self.model:  # compiled: the hook runs eagerly between compiled graphs
+                        hook = torch.compiler.disable(hook)
+                    self._handles.append(module.register_forward_hook(hook))
         except BaseException:
             self.close()
             raise
@@ -193,7 +206,7 @@ class Capture:
         self._handles.clear()
 
     def _hook(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
-        self._store.setdefault(name, []).append(_protect(output))
+        self._store.setdefault(name, []).append(_protect(output, self._dtype))
         self._calls_seen += 1
         if self._calls_seen == self._calls_needed:
             raise _StopForward
@@ -209,9 +222,12 @@ class Capture:
         if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # a copy in the autograd graph
         try:
-            output = self.model(x)
+            with autocast(_device_of(x), self.precision):
+                output = self._run(x)
         except _StopForward:
             output = None
+        if self._dtype is not None and output is not None:
+            output = _protect(output, self._dtype)
         return Activations(self._store, output, items, rows // items)
 
     def plan(self, x: Any, items: int | None = None) -> Activations:
@@ -237,6 +253,10 @@ class Capture:
         if self.truncate and not needs_output and self._calls_seen > 0:
             self._calls_needed = self._calls_seen
         return acts
+
+
+def _device_of(x: Any) -> torch.device:
+    return (x if isinstance(x, torch.Tensor) else first_tensor(x)).device
 
 
 def _batch_size(x: Any) -> int:

@@ -212,10 +212,13 @@ class TimeLimit(Policy):
 class CaptureOptions(Policy):
     """How the model is run: ``channels_last`` input layout (``None``: channels-last on the CPU
     when the model takes it; see :class:`fvis.hooks.Capture`); ``truncate`` the forward after the
-    deepest needed layer."""
+    deepest needed layer; ``precision`` ``"fp32"`` or ``"bf16"`` (autocast) and ``compile``
+    (``torch.compile`` of the model's forward and backward), both for GPU runs (:mod:`fvis.execution`)."""
 
-    def __init__(self, channels_last: bool | None = None, truncate: bool = True):
-        self.capture = {"channels_last": channels_last, "truncate": truncate}
+    def __init__(self, channels_last: bool | None = None, truncate: bool = True, precision: str = "fp32",
+                 compile: bool = False):
+        self.capture = {"channels_last": channels_last, "truncate": truncate, "precision": precision,
+                        "compile": compile}
 
 
 class SkipFinalValues(Policy):

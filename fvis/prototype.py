@@ -26,6 +26,7 @@ from .datasets import ImageFolder
 from .engine import optimize
 from .errors import FvisError
 from .evaluate import evaluate_images, path_layers
+from .execution import check_precision
 from .hooks import Capture, frozen
 from .inline import Displayable, Panel
 from .io import contact_sheet, load_image, save_image, versions, write_json
@@ -33,6 +34,7 @@ from .models import ImageModel
 from .naturalness import naturalness
 from .optim import cosine
 from .param import FourierImage, MacoImage, PixelImage, Upsampled, _size, natural_magnitude
+from .policies import CaptureOptions
 from .recipes import DEFAULT, PARAMS, Recipe, get_recipe
 from .reference import activation_quantiles, folder_quantiles, reference_stats
 from .render import slug
@@ -180,14 +182,16 @@ def _stages(r: Recipe, size: tuple[int, int]) -> list[tuple[int, tuple[int, int]
 def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: str | Recipe = DEFAULT,
                     per_class: int = 1, size=None, seed: int = 0, reference: str | Path | None = None,
                     cache=None, evaluators: Sequence[ImageModel] = (), heldout: int = 32, progress: bool = True,
-                    **settings) -> list[Prototype]:
+                    precision: str = "fp32", compile: bool = False, **settings) -> list[Prototype]:
     """Prototypes for ``classes`` (indices or class names), ``per_class`` each, in one batch.
 
     ``recipe``: a name from :data:`fvis.recipes.RECIPES` or a :class:`fvis.recipes.Recipe`;
     ``settings`` override any of its fields (``steps=256``, ``match="bn"``, ...; unknown names are
     an error). ``reference``: images for the MACO amplitude spectrum. Each result is scored with
-    :func:`fvis.evaluate.evaluate_images` (``heldout`` transforms; ``evaluators``)."""
+    :func:`fvis.evaluate.evaluate_images` (``heldout`` transforms; ``evaluators``). ``precision``
+    and ``compile``: how the model runs in the main optimization (:class:`fvis.policies.CaptureOptions`)."""
     r = get_recipe(recipe).replace(**settings)
+    check_precision(precision)
     if r.init == "image:":
         raise FvisError(f"recipe {r.name!r} starts from a photo: give init='image:PATH' (--init image:PATH)")
     if per_class < 1:
@@ -243,7 +247,8 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
                 matching.weight = float(r.match_weight)
         optimizer = cosine(steps, r.lr) if r.lr_schedule == "cosine" else "adam"
         result = optimize(model, objective, param, regs, steps=steps, lr=r.lr, optimizer=optimizer,
-                          seed=seed + k, progress=progress)
+                          seed=seed + k, progress=progress,
+                          policies=[CaptureOptions(precision=precision, compile=compile)])
         image, stopped = result.input, stopped or result.stopped
         for n, h in result.history.items():
             if h.dim() == 2:

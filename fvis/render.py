@@ -20,9 +20,12 @@ PARAMS = {"fourier": FourierImage, "pixel": PixelImage}
 def render(model: ImageModel, objectives: Sequence[Objective], *, param: str = "fourier",
            size: int | tuple[int, int] | None = None, steps: int = 256, lr: float = 0.05, seed: int = 0,
            transforms: bool = True, decay_power: float = 1.0, optimizer: str = "adam",
-           thresholds=(), progress: bool = True, channels_last: bool | None = None) -> Result:
+           thresholds=(), progress: bool = True, channels_last: bool | None = None, precision: str = "fp32",
+           compile: bool = False) -> Result:
     """Render objective ``i`` into batch item ``i``, all in one batched optimization.
-    ``channels_last``: the model's input layout (``None``: channels-last on the CPU when the model takes it)."""
+    ``channels_last``: the model's input layout (``None``: channels-last on the CPU when the model takes it).
+    ``precision`` (``"bf16"``: autocast) and ``compile`` (``torch.compile``): how the model runs
+    (:class:`fvis.policies.CaptureOptions`), for GPU runs."""
     size = size or model.input_size
     device = next(model.parameters()).device
     kwargs = {"decay_power": decay_power} if param == "fourier" else {}
@@ -30,7 +33,7 @@ def render(model: ImageModel, objectives: Sequence[Objective], *, param: str = "
     regs = [reg.TransformRobustness()] if transforms else []
     result = optimize(model, batched(objectives), image, regs, steps=steps, lr=lr, optimizer=optimizer,
                       seed=seed, thresholds=thresholds, progress=progress,
-                      policies=[CaptureOptions(channels_last=channels_last)])
+                      policies=[CaptureOptions(channels_last=channels_last, precision=precision, compile=compile)])
     result.labels = [o.name for o in objectives]
     return result
 

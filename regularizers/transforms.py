@@ -1,13 +1,14 @@
-"""Transformation robustness: random pad / jitter / scale / rotate, one affine warp per item (kornia)."""
+"""Transformation robustness: random pad / jitter / scale / rotate, one affine warp per item
+(kornia's ``warp_affine`` semantics, through :func:`regularizers.warp.warp_affine`)."""
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
-import kornia
 import torch
 
 from .base import Regularizer
+from .warp import warp_affine
 
 DEFAULT_SCALES = tuple(round(0.90 + 0.02 * i, 2) for i in range(11))  # 0.90, 0.92, ..., 1.10
 
@@ -17,7 +18,8 @@ class TransformRobustness(Regularizer):
     from ``scales`` -> rotate within ``±degrees`` -> jitter ``jitter_after`` px.
 
     All steps are composed into one affine matrix per batch item and applied with a single
-    bilinear :func:`kornia.geometry.transform.warp_affine` (one resampling, not four).
+    bilinear warp (one resampling, not four): kornia's ``warp_affine`` semantics, with a backward
+    that computes the input gradient only (:func:`regularizers.warp.warp_affine`).
     Parameters are drawn per item from the engine's seeded ``torch.Generator``.
 
     ``keep_size=True`` (default) returns the input size, so the model costs what it costs
@@ -76,6 +78,4 @@ class TransformRobustness(Regularizer):
         grow = 0 if self.keep_size else 2 * self.pad - self.jitter - self.jitter_after
         out_size = (h + grow, w + grow)
         m = self.matrices(self.sample(b, generator), (h, w), out_size).to(x.device, x.dtype)
-        warped = kornia.geometry.transform.warp_affine(x - self.fill, m, out_size, mode="bilinear",
-                                                       padding_mode="zeros", align_corners=True)
-        return warped + self.fill
+        return warp_affine(x, m, out_size, fill=self.fill)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..datasets import warnings_as_lines
+from ..execution import PRECISIONS
 from ..files import check_writable, list_images
 from ..models import ImageModel, load
 
@@ -86,6 +87,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="per-channel input std of a package.module:factory network (default: ImageNet's)")
     p.add_argument("--input-size", type=size, metavar="N|HxW",
                    help="input size of a package.module:factory network (default: 224)")
+
+
+def add_execution_args(p: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--compile``: how the model runs in the optimization (for GPU runs)."""
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                   help="model forward in float32 or bfloat16 autocast (default fp32; bf16 is for GPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model's forward and backward (off by default: not faster on the CPU)")
 
 
 def load_model(args: argparse.Namespace) -> ImageModel:

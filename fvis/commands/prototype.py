@@ -9,7 +9,8 @@ from ..files import check_writable, list_images
 from ..models import load
 from ..prototype import make_prototypes, save_prototypes
 from ..recipes import DEFAULT as DEFAULT_RECIPE, RECIPES, get_recipe
-from ._args import MODEL_HELP, add_model_args, add_run_args, load_model, nonnegative_int, positive_int, size
+from ._args import (MODEL_HELP, add_execution_args, add_model_args, add_run_args, load_model, nonnegative_int,
+                    positive_int, size)
 
 HELP = "class prototypes by a named recipe (+ metrics, naturalness, contact sheet)"
 
@@ -39,6 +40,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, help="learning rate (recipe's: 0.05)")
     parser.add_argument("--evaluators", default="", metavar="M2,M3", help="independent models for the transfer metric")
     parser.add_argument("--heldout", type=nonnegative_int, default=32, metavar="N", help="held-out transforms for robustness")
+    add_execution_args(parser)
     add_run_args(parser)
     add_model_args(parser)
 
@@ -63,7 +65,7 @@ def run(args) -> None:
     evaluators = [load(name.strip(), device=args.device) for name in args.evaluators.split(",") if name.strip()]
     protos = make_prototypes(model, classes, recipe=recipe, per_class=args.per_class, size=args.size, seed=args.seed,
                              reference=args.reference, evaluators=evaluators, heldout=args.heldout,
-                             progress=not args.quiet)
+                             progress=not args.quiet, precision=args.precision, compile=args.compile)
     save_prototypes(protos, out)
     print(f"{'image':<32} {'clean_p':>7} {'robust':>6} {'transfer':>8} {'hfer':>6} {'natural':>7}")
     fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731

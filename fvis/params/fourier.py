@@ -32,6 +32,11 @@ class FourierImage(Parameterization):
         # (H, W//2+1, 2): one factor per real/imaginary entry of the spectrum (expanded, not
         # broadcast over the last dim: a size-2 broadcast defeats vectorization, 4x slower)
         self.register_buffer("scale", scale[..., None].expand(*scale.shape, 2).contiguous())  # includes Lucid's 1/4
+        # the backward's factor: scale, doubled where irfft's input stands for two conjugate entries
+        # (torch's own irfft backward: columns 1 .. W - (W//2 + 1) count twice); not saved with the state
+        doubled = torch.ones(w // 2 + 1)
+        doubled[1:w - (w // 2 + 1) + 1] = 2.0
+        self.register_buffer("grad_scale", self.scale * doubled[:, None], persistent=False)
         self.register_buffer("color", COLOR_CORRELATION.clone() if decorrelate and c == 3 else torch.eye(c))
         if init is None:
             spectrum = torch.randn((batch, c, h, w // 2 + 1, 2), generator=_generator(seed)) * sd
@@ -40,6 +45,7 @@ class FourierImage(Parameterization):
         self.spectrum = nn.Parameter(spectrum.contiguous())
 
     def _to_image(self, spectrum: torch.Tensor) -> torch.Tensor:
+        """The image before the sigmoid (the path :class:`_SpectrumToImage` fuses, for reference)."""
         b, c, h, w = self.shape
         image = torch.fft.irfft2(torch.view_as_complex(spectrum * self.scale), s=(h, w), norm="ortho")
         return (self.color @ image.reshape(b, c, h * w)).view(b, c, h, w)  # colour mix per pixel
@@ -51,4 +57,28 @@ class FourierImage(Parameterization):
         return torch.view_as_real(spectrum)
 
     def forward(self) -> torch.Tensor:
-        return torch.sigmoid(self._to_image(self.spectrum))
+        return _SpectrumToImage.apply(self.spectrum, self.scale, self.grad_scale, self.color, self.shape[-2:])
+
+
+class _SpectrumToImage(torch.autograd.Function):
+    """``sigmoid(color @ irfft2(spectrum * scale))`` as one autograd node: the same operations as
+    ``torch.sigmoid(FourierImage._to_image(spectrum))`` forward, and the same arithmetic backward
+    with fewer temporaries (sigmoid in place; irfft's doubling and the scale in one in-place product)."""
+
+    @staticmethod
+    def forward(ctx, spectrum, scale, grad_scale, color, size):
+        b, c = spectrum.shape[:2]
+        h, w = size
+        image = torch.fft.irfft2(torch.view_as_complex(spectrum * scale), s=(h, w), norm="ortho")
+        out = torch.matmul(color, image.reshape(b, c, h * w)).sigmoid_().view(b, c, h, w)
+        ctx.save_for_backward(out, grad_scale, color)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        out, grad_scale, color = ctx.saved_tensors
+        b, c, h, w = out.shape
+        mixed = torch.ops.aten.sigmoid_backward(grad, out).reshape(b, c, h * w)
+        image = torch.matmul(color.mT, mixed).view(b, c, h, w)
+        return torch.view_as_real(torch.fft.rfft2(image, norm="ortho")).mul_(grad_scale), None, None, None, None
