@@ -10,6 +10,7 @@ from PIL import Image
 import objectives as obj
 from fvis.attacks import APGD, apgd, attack, checkpoints, cw, robustness, square
 from fvis.cli import main
+from fvis.errors import FvisError
 from fvis.files import load_image
 from fvis.param import Perturbation
 
@@ -217,3 +218,29 @@ def test_attack_cli_new_methods(tmp_path, coffee, capsys):
         assert meta["success"] and meta["linf_255"] <= 2 + 1e-4 and meta["settings"]["method"] == method
         if method == "square":
             assert 1 <= meta["queries"] <= 30
+
+
+def test_bad_input_through_the_python_api(lite0, coffee, capsys):
+    # the same four checks as the CLI, raised as FvisError before any attack runs
+    x = torch.stack([coffee[:, :96, :96], coffee[:, 100:196, 100:196]])
+    bad = [
+        (dict(labels=[1, 2], eps=0.0), "eps must be > 0"),
+        (dict(labels=[1, 2], eps=-1 / 255), "eps must be > 0"),
+        (dict(labels=[1, 2], eps=1 / 255, attacks=["apgd-ce", "apgd-tt"]), "Did you mean: apgd-t"),
+        (dict(labels=[1], eps=1 / 255), "1 labels for 2 images"),
+        (dict(labels=[1, 1000], eps=1 / 255), "label out of range"),
+        (dict(labels=[-1, 2], eps=1 / 255), "label out of range"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(FvisError, match=message):
+            robustness(lite0, x, progress=False, **kwargs)
+    for method in ("apgd", "apgd-t", "square"):  # eps <= 0 refused by every eps-ball attack
+        with pytest.raises(FvisError, match="eps must be > 0"):
+            attack(lite0, x, method=method, eps=0.0, progress=False)
+    with pytest.raises(FvisError, match="Did you mean: square"):
+        attack(lite0, x, method="sqare")
+    # the CLI: a misspelt --method is one line, exit 2 (argparse's choices, no usage block)
+    with pytest.raises(SystemExit) as e:
+        main(["attack", "--model", "efficientnet-lite0", "--image", "x.png", "--method", "apgdt", "--untargeted"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "apgd-t" in err and len(err.strip().splitlines()) == 1

@@ -1,10 +1,13 @@
 """Carlini & Wagner's L2 attack (2017) on :func:`fvis.optimize`: the image in tanh space
 (:class:`TanhImage`, always inside the [0, 1] box), Adam on ``||x - x0||^2 + c * f(x)`` with
 ``f`` the logit margin capped at ``-kappa``, and a binary search over the constant ``c`` per
-item (``c`` x10 until a first success, then bisection), each run stopping per item when its loss
-stalls (C&W's early abort). Each item keeps its smallest
-successful perturbation, success judged on the 8-bit image as everywhere in fvis. Not an
-eps-ball attack: ``eps`` is not a constraint (reports say how large the perturbations are)."""
+item (``c`` x10 until a first success, then bisection, decided on the float image as in C&W),
+each run stopping per item when its loss stalls (C&W's early abort). Each item keeps its
+smallest successful perturbation, success judged on the 8-bit image as everywhere in fvis: at
+the end, each item's candidates (its smallest float success per constant) are judged in order
+of size until one succeeds after rounding (one forward pass of the batch, unless rounding undoes
+a success). Not an eps-ball attack: ``eps`` is not a constraint (reports say how large the
+perturbations are)."""
 from __future__ import annotations
 
 import math
@@ -47,18 +50,20 @@ class Distance(reg.Regularizer):
         self.clean = clean
 
     def penalty(self, x, acts):
+        self.last = x.detach()  # the input of this step (the Smallest policy reads it)
         return (x - acts.rows(self.clean)).flatten(1).pow(2).sum(1)
 
 
 class Smallest(Policy):
     """Per item, the input with the smallest L2 among the steps where it reached the goal; and
     C&W's early abort, per item: every ``check`` steps, an item whose loss did not fall below
-    0.9999 of its value at the last check is ``stalled`` (the ``PerItem`` stop rule)."""
+    0.9999 of its value at the last check is ``stalled`` (the ``PerItem`` stop rule).
+    ``distance``: the run's :class:`Distance`, which holds each step's input."""
 
     order = -1  # before PerItem, which asks stop() for ``stalled``
 
-    def __init__(self, clean: torch.Tensor, classes: torch.Tensor, targeted: bool, check: int):
-        self.clean, self.classes, self.targeted, self.check = clean, classes, targeted, check
+    def __init__(self, clean: torch.Tensor, classes: torch.Tensor, targeted: bool, check: int, distance: Distance):
+        self.clean, self.classes, self.targeted, self.check, self.distance = clean, classes, targeted, check, distance
         self.best = clean.clone()
         self.l2 = torch.full((clean.shape[0],), math.inf, device=clean.device)
         self.previous = torch.full((clean.shape[0],), math.inf, device=clean.device)
@@ -67,7 +72,7 @@ class Smallest(Policy):
     def observe(self, run, values, acts, todo):
         with torch.no_grad():
             idx = torch.arange(len(self.clean), device=self.clean.device) if todo is None else todo.to(self.clean.device)
-            x = run.param().detach()[idx]
+            x = self.distance.last
             ok = objectives.adversarial.succeeded(acts[OUTPUT], self.classes[idx], self.targeted)
             l2 = (x - self.clean[idx]).flatten(1).norm(dim=1)
             better = ok & (l2 < self.l2[idx])
@@ -97,8 +102,7 @@ def cw(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[int] |
     b, device = s.clean.shape[0], s.device
     const = torch.full((b,), float(c), device=device)
     lower, upper = torch.zeros(b, device=device), torch.full((b,), math.inf, device=device)
-    best, best_l2 = s.clean.clone(), torch.full((b,), math.inf, device=device)
-    best_prob, last = torch.zeros(b, device=device), s.clean.clone()
+    candidates, sizes = [], []  # per constant: each item's smallest float success (B, C, H, W), its L2 (B,)
     goal = objectives.targeted if s.targeted else objectives.untargeted
     for k in range(search_steps):
         param = TanhImage(s.clean).to(device)
@@ -106,24 +110,19 @@ def cw(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[int] |
         margin = goal(s.classes, "margin", kappa=kappa)
         objective = objectives.Objective(lambda acts, m=margin, w=scale: acts.rows(w) * m(acts), [OUTPUT],
                                          "cw", margin.check)
-        smallest = Smallest(s.clean, s.classes, s.targeted, max(steps // 10, 1))
+        distance = Distance(s.clean)
+        smallest = Smallest(s.clean, s.classes, s.targeted, max(steps // 10, 1), distance)
         abort = [PerItem(stop=lambda acts, values, sm=smallest: sm.stalled[acts.rows(torch.arange(b, device=device))],
                          skip_done=True)] if abort_early else []
-        result = optimize(model, objective, param, [Distance(s.clean)], steps=steps, lr=lr, optimizer="adam",
+        result = optimize(model, objective, param, [distance], steps=steps, lr=lr, optimizer="adam",
                           seed=seed + k, progress=progress, policies=[smallest, *abort, SkipFinalValues()])
-        last = result.input.to(device)
-        adv_q, score, prob = judge(model, s.clean, smallest.best, math.inf, "l2", s.classes, s.targeted)
-        ok = score > 0
-        l2 = (adv_q - s.clean).flatten(1).norm(dim=1)
-        keep = ok & (l2 < best_l2)
-        best[keep], best_l2[keep], best_prob[keep] = adv_q[keep], l2[keep], prob[keep]
+        candidates.append(smallest.best)
+        sizes.append(smallest.l2)
+        ok = torch.isfinite(smallest.l2)
         upper = torch.where(ok, torch.minimum(upper, const), upper)
         lower = torch.where(ok, lower, torch.maximum(lower, const))
         const = torch.where(torch.isinf(upper), const * 10, (lower + upper) / 2)
-    failed = torch.isinf(best_l2)
-    if failed.any():  # no success: the last iterate of the last constant, judged as it is
-        adv_q, _, prob = judge(model, s.clean[failed], last[failed], math.inf, "l2", s.classes[failed], s.targeted)
-        best[failed], best_prob[failed] = adv_q, prob
+    best, best_prob, failed = _judge_candidates(model, s, candidates, sizes, result.input.to(device))
     linf, l2 = norms(s.clean, best)
     settings = {"method": "cw", "norm": "l2", "steps": steps, "search_steps": search_steps, "c": c, "lr": lr,
                 "kappa": kappa, "abort_early": abort_early, "seed": seed, "targeted": s.targeted, "eps": None}
@@ -131,3 +130,28 @@ def cw(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[int] |
                         success=(~failed).cpu(), prob=best_prob.cpu(), linf=linf.cpu(), l2=l2.cpu(),
                         steps=torch.full((b,), steps * search_steps), restart=torch.zeros(b, dtype=torch.long),
                         seconds=time.perf_counter() - s.start, settings=settings)
+
+
+def _judge_candidates(model, s, candidates, sizes, last):
+    """Per item, the smallest candidate (by float L2) that still succeeds on its 8-bit image:
+    ``(best (B, C, H, W), prob (B,), failed (B,))``. Items with no float success, or none that
+    survives rounding, get ``last`` (the last iterate), judged as it is. One forward pass of the
+    batch per rank tried; the next rank only for items whose rounded candidate failed."""
+    b, device = s.clean.shape[0], s.clean.device
+    sizes = torch.stack(sizes)  # (K, B)
+    order = sizes.argsort(0)
+    best, prob = s.clean.clone(), torch.zeros(b, device=device)
+    pending = torch.ones(b, dtype=torch.bool, device=device)
+    for rank in range(len(candidates)):
+        k = order[rank]  # (B,) the constant of each item's rank-th smallest candidate
+        todo = (pending & torch.isfinite(sizes.gather(0, k[None])[0])).nonzero().flatten()
+        if todo.numel() == 0:
+            break
+        x = torch.stack([candidates[int(k[i])][i] for i in todo.tolist()])
+        adv_q, score, p = judge(model, s.clean[todo], x, math.inf, "l2", s.classes[todo], s.targeted)
+        ok = score > 0
+        best[todo[ok]], prob[todo[ok]], pending[todo[ok]] = adv_q[ok], p[ok], False
+    if pending.any():  # no success: the last iterate of the last constant, judged as it is
+        adv_q, _, p = judge(model, s.clean[pending], last[pending], math.inf, "l2", s.classes[pending], s.targeted)
+        best[pending], prob[pending] = adv_q, p
+    return best, prob, pending
