@@ -244,3 +244,25 @@ def test_bad_input_through_the_python_api(lite0, coffee, capsys):
         main(["attack", "--model", "efficientnet-lite0", "--image", "x.png", "--method", "apgdt", "--untargeted"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "apgd-t" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cw_early_abort_per_item_and_whole_batch():
+    from types import SimpleNamespace
+
+    from fvis.attacks.cw import KEEP, Distance, Smallest
+
+    clean = torch.zeros(2, 1, 1, 2)
+    logits = torch.tensor([[5.0, 0.0], [5.0, 0.0]])  # neither item fooled (class 0 wins): only the loss matters
+    for whole_batch, expected in [(False, [False, True]), (True, [True, True])]:
+        distance = Distance(clean)
+        policy = Smallest(clean, torch.tensor([0, 0]), False, check=3, distance=distance, whole_batch=whole_batch)
+        # loss = -objective + squared distance (0 here); item 0 keeps falling, item 1 rises once; sum rises
+        for step, values in [(0, [-4.0, -1.0]), (1, [9.0, 9.0]), (2, [9.0, 9.0]), (3, [-3.9, -3.0])]:
+            distance.penalty(clean, SimpleNamespace(rows=lambda t: t))
+            policy.observe(SimpleNamespace(step=step), torch.tensor(values), {"output": logits}, None)
+            if step in (1, 2):  # checks only at steps 0, 3, 6, ... (C&W's code): nothing stalls in between
+                assert not policy.stalled.any()
+        assert policy.stalled.tolist() == expected, whole_batch
+        assert policy.best.shape[0] == KEEP and torch.isinf(policy.l2).all()  # never fooled: nothing kept
+    with pytest.raises(FvisError, match="abort_early"):
+        cw(Toy(), images(), abort_early="sometimes", progress=False)
