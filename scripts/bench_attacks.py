@@ -123,9 +123,10 @@ def strength(model, x, y, args, ta):
         both = r.success & ok_t
         rows.append(f"| C&W L2, {cs} steps in all (fvis: {ss} constant(s) x {cs // ss}, abort per {abort}) | "
                     f"{int(ok_t.sum())}/{n} [float: {int(float_t.sum())}], median L2 {med(l2_t, ok_t)} | "
-                    f"{int(r.success.sum())}/{n}, median L2 {med(r.l2, r.success)}; L2 <= torchattacks' on "
-                    f"{int((r.l2[both] <= l2_t[both] * (1 + 1e-4)).sum())}/{int(both.sum())} fooled by both, "
-                    f"< on {int((r.l2[both] < l2_t[both] * (1 - 1e-4)).sum())} |")
+                    f"{int(r.success.sum())}/{n}, median L2 {med(r.l2, r.success)}; of {int(both.sum())} fooled by "
+                    f"both: L2 smaller by > 0.1% on {int((r.l2[both] < l2_t[both] * (1 - 1e-3)).sum())}, within "
+                    f"0.1% on {int(((r.l2[both] - l2_t[both]).abs() <= l2_t[both] * 1e-3).sum())}, larger by > 0.1% "
+                    f"on {int((r.l2[both] > l2_t[both] * (1 + 1e-3)).sum())} |")
         print(rows[-1], flush=True)
     return rows
 
