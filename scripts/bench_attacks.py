@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -284,7 +285,7 @@ def main():
     if args.section != "transfer":
         import torchattacks as ta  # benchmark only: pip install --no-deps torchattacks
     lines = [f"# fvis vs torchattacks on EfficientNet-Lite0: {args.section}", "",
-             f"Command: `python {' '.join(sys.argv)}`  ",
+             f"Command: `python {shlex.join(sys.argv)}`  ",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
              "CPU (one core, pinned; other jobs run on the other core).  ",
              f"Inputs: {len(x)} crops of the offline photos (of {len(crops)}), 224x224, 8-bit; labels: Lite0's clean "
