@@ -3,11 +3,11 @@
 ``f`` the logit margin capped at ``-kappa``, and a binary search over the constant ``c`` per
 item (``c`` x10 until a first success, then bisection, decided on the float image as in C&W),
 each run stopping when its loss stalls (C&W's early abort: per item, or for the whole batch as in
-C&W's code and torchattacks). Each item keeps its
-smallest successful perturbation, success judged on the 8-bit image as everywhere in fvis: at
-the end, each item's candidates (its smallest float success per constant) are judged in order
-of size until one succeeds after rounding (one forward pass of the batch, unless rounding undoes
-a success). Not an eps-ball attack: ``eps`` is not a constraint (reports say how large the
+C&W's code and torchattacks). Each item keeps its smallest successful perturbation, success
+judged on the 8-bit image as everywhere in fvis: at the end, each item's candidates (its
+``KEEP`` smallest float successes over all steps and constants) are judged in order of size
+until one succeeds after rounding (one forward pass of the batch, unless rounding undoes a
+success). Not an eps-ball attack: ``eps`` is not a constraint (reports say how large the
 perturbations are)."""
 from __future__ import annotations
 
