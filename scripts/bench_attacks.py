@@ -1,21 +1,30 @@
 """APGD, APGD-T, Square, C&W and an AutoAttack-style robustness report: fvis side by side with
 torchattacks on EfficientNet-Lite0, plus a transfer table (Lite0 -> Lite1, Lite2).
 
-    pip install --no-deps torchattacks      # needed for the side-by-side rows (skipped without it)
-    python scripts/bench_attacks.py [--images 8] [--eps 1/255] [--steps 10] [--queries 100] \
-        [--out results/attacks/bench.md]
+    pip install --no-deps torchattacks      # needed for every section but transfer
+    python scripts/bench_attacks.py --section strength|time|autoattack|transfer [options] \
+        [--out results/attacks/bench_<section>.md]
+
+Sections (each writes its own file, so each fits one sitting of the shared benchmark core):
+``strength``: success at budgets where neither tool fools every image (few APGD steps, few
+Square queries, small L2 balls), on ``--images`` crops and several ``--seeds``; ``time``: wall
+time in ``--rounds`` interleaved rounds (median and spread) on ``--time-images`` crops;
+``autoattack``: robust accuracy of torchattacks' AutoAttack components (APGD-CE, APGD-T, FAB-T,
+Square) chained as AutoAttack chains them vs ``fvis.attacks.robustness`` (APGD-CE, APGD-T,
+Square) at the same reduced budget; ``transfer``: PGD made on Lite0, with and without EOT,
+judged by Lite1 and Lite2.
 
 Inputs: crops of the offline sample photos (``scripts/photos.py``), 224x224, 8-bit. Labels:
 Lite0's clean predictions (clean accuracy 100% by construction). Every success and robust
 accuracy, fvis's and torchattacks', is judged the same way: on the quantized 8-bit image (norm
 bound kept), re-classified. torchattacks' own float-image verdict is shown next to it.
-Both tools get the same eps, steps, restarts, target counts and query budgets; wall times are
-measured in the same process, one after the other (``--rounds`` interleaved rounds, median).
+Both tools get the same eps, steps, restarts, target counts and query budgets.
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -35,8 +44,13 @@ def fraction(text: str) -> float:
     return float(a) / float(b) if b else float(a)
 
 
+def ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
 @torch.no_grad()
 def fooled(model, clean, adv, labels, eps, norm):
+    """(fooled on the 8-bit image within eps, fooled on the float image as returned)."""
     q = quantize(clean, adv, eps, norm)
     d = (q - clean).flatten(1)
     size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
@@ -49,94 +63,161 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def side_by_side(model, x, y, args, ta):
-    eps, norm, steps, q = args.eps, "linf", args.steps, args.queries
-    n = len(x)
-    k = args.targets
-    rows = []
-    cases = {
-        f"APGD-CE, {steps} steps": (
-            lambda: apgd(model, x, labels=y, eps=eps, steps=steps, loss="ce", seed=0, progress=False).adversarial,
-            lambda: ta.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)(x, y)),
-        f"APGD-CE, {steps} steps, fvis without early stop (every step, like torchattacks)": (
-            lambda: apgd(model, x, labels=y, eps=eps, steps=steps, loss="ce", early_stop=False, seed=0,
-                         progress=False).adversarial,
-            lambda: ta.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)(x, y)),
-        f"APGD-DLR, {steps} steps": (
-            lambda: apgd(model, x, labels=y, eps=eps, steps=steps, loss="dlr", seed=0, progress=False).adversarial,
-            lambda: ta.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="dlr", seed=0)(x, y)),
-        f"APGD-T, {steps} steps, {k} targets": (
-            lambda: apgd(model, x, labels=y, eps=eps, steps=steps, targets=k, seed=0, progress=False).adversarial,
-            lambda: ta.APGDT(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, n_classes=k + 1, seed=0)(x, y)),
-        f"Square L-inf, {q} queries": (
-            lambda: square(model, x, labels=y, eps=eps, steps=q, seed=0, progress=False).adversarial,
-            lambda: ta.Square(model, norm="Linf", eps=eps, n_queries=q, n_restarts=1, seed=0)(x, y)),
-        f"Square L2 (eps {args.eps_l2}), {q} queries": (
-            lambda: square(model, x, labels=y, eps=args.eps_l2, norm="l2", steps=q, seed=0, progress=False).adversarial,
-            lambda: ta.Square(model, norm="L2", eps=args.eps_l2, n_queries=q, n_restarts=1, seed=0)(x, y)),
+def strength_cases(model, args, ta):
+    """name -> (fvis(x, y, seed) -> adversarial, torchattacks(x, y, seed) -> adversarial, eps, norm)."""
+    e, e2, s, q, k = args.eps, args.eps_l2, args.steps, args.queries, args.targets
+    return {
+        f"APGD-CE, L-inf {e * 255:.3g}/255, {s} step(s)": (
+            lambda x, y, r: apgd(model, x, labels=y, eps=e, steps=s, loss="ce", seed=r, progress=False).adversarial,
+            lambda x, y, r: ta.APGD(model, norm="Linf", eps=e, steps=s, loss="ce", seed=r)(x, y), e, "linf"),
+        f"APGD-DLR, L-inf {e * 255:.3g}/255, {s} step(s)": (
+            lambda x, y, r: apgd(model, x, labels=y, eps=e, steps=s, loss="dlr", seed=r, progress=False).adversarial,
+            lambda x, y, r: ta.APGD(model, norm="Linf", eps=e, steps=s, loss="dlr", seed=r)(x, y), e, "linf"),
+        f"APGD-T, L-inf {e * 255:.3g}/255, {s} step(s), {k} targets": (
+            lambda x, y, r: apgd(model, x, labels=y, eps=e, steps=s, targets=k, seed=r, progress=False).adversarial,
+            lambda x, y, r: ta.APGDT(model, norm="Linf", eps=e, steps=s, n_classes=k + 1, seed=r)(x, y), e, "linf"),
+        f"APGD-CE, L2 {e2}, {args.steps_l2} step(s)": (
+            lambda x, y, r: apgd(model, x, labels=y, eps=e2, norm="l2", steps=args.steps_l2, loss="ce", seed=r,
+                                 progress=False).adversarial,
+            lambda x, y, r: ta.APGD(model, norm="L2", eps=e2, steps=args.steps_l2, loss="ce", seed=r)(x, y), e2, "l2"),
+        f"Square, L-inf {e * 255:.3g}/255, {q} queries": (
+            lambda x, y, r: square(model, x, labels=y, eps=e, steps=q, seed=r, progress=False).adversarial,
+            lambda x, y, r: ta.Square(model, norm="Linf", eps=e, n_queries=q, seed=r)(x, y), e, "linf"),
+        f"Square, L2 {args.eps_l2_square}, {q} queries": (
+            lambda x, y, r: square(model, x, labels=y, eps=args.eps_l2_square, norm="l2", steps=q, seed=r,
+                                   progress=False).adversarial,
+            lambda x, y, r: ta.Square(model, norm="L2", eps=args.eps_l2_square, n_queries=q, seed=r)(x, y),
+            args.eps_l2_square, "l2"),
     }
-    for name, (f_fvis, f_ta) in cases.items():
-        times = {"fvis": [], "torchattacks": []}
-        outs = {}
-        for _ in range(args.rounds):
-            torch.manual_seed(0)
-            outs["torchattacks"], t = timed(f_ta)
-            times["torchattacks"].append(t)
-            outs["fvis"], t = timed(f_fvis)
-            times["fvis"].append(t)
-        e, nm = (args.eps_l2, "l2") if "L2" in name else (eps, "linf")
-        ok_t, float_t = fooled(model, x, outs["torchattacks"], y, e, nm)
-        ok_f, _ = fooled(model, x, outs["fvis"], y, e, nm)
-        tt, tf = statistics.median(times["torchattacks"]), statistics.median(times["fvis"])
-        rows.append(f"| {name} | {int(ok_t.sum())}/{n} (float: {int(float_t.sum())}/{n}) | {int(ok_f.sum())}/{n} | "
-                    f"{tt:.1f} | {tf:.1f} | {tf / tt:.2f} |")
+
+
+def strength(model, x, y, args, ta):
+    n, rows = len(x), []
+    cases = strength_cases(model, args, ta)
+    for name, (f_fvis, f_ta, eps, norm) in cases.items():
+        if args.rows and not any(w.lower() in name.lower() for w in args.rows):
+            continue
+        counts = {"fvis": [], "ta": [], "float": []}
+        for seed in args.seeds:
+            torch.manual_seed(seed)
+            adv_t, adv_f = f_ta(x, y, seed), f_fvis(x, y, seed)
+            ok_t, float_t = fooled(model, x, adv_t, y, eps, norm)
+            ok_f, _ = fooled(model, x, adv_f, y, eps, norm)
+            counts["ta"].append(int(ok_t.sum()))
+            counts["float"].append(int(float_t.sum()))
+            counts["fvis"].append(int(ok_f.sum()))
+        total = n * len(args.seeds)
+        cell = lambda c: f"{sum(c)}/{total} ({', '.join(map(str, c))})"  # noqa: E731
+        rows.append(f"| {name} | {cell(counts['ta'])} [float: {sum(counts['float'])}] | {cell(counts['fvis'])} |")
         print(rows[-1], flush=True)
-    # C&W: torchattacks' one constant for `cw_steps` steps vs fvis's binary search with the same total steps
-    cs, ss = args.cw_steps, args.cw_search
+    if args.rows and not any(w.lower() in "c&w" for w in args.rows):
+        return rows
+    # C&W at its own budget: success and median L2 on the 8-bit images, one constant as torchattacks has
+    cs = args.cw_steps
     torch.manual_seed(0)
-    adv_t, tt = timed(lambda: ta.CW(model, c=1, kappa=0, steps=cs, lr=0.01)(x, y))
-    r, tf = timed(lambda: cw(model, x, labels=y, steps=cs // ss, search_steps=ss, c=1, seed=0, progress=False))
+    adv_t = ta.CW(model, c=1, kappa=0, steps=cs, lr=0.01)(x, y)
     ok_t, float_t = fooled(model, x, adv_t, y, float("inf"), "l2")
     l2_t = quantize(x, adv_t, float("inf"), "l2").sub(x).flatten(1).norm(dim=1)
     med = lambda v, m: f"{float(v[m].median()):.3f}" if m.any() else "-"  # noqa: E731
-    rows.append(f"| C&W L2, {cs} steps in all (fvis: {ss} constants x {cs // ss}) | {int(ok_t.sum())}/{n} "
-                f"(float: {int(float_t.sum())}/{n}), median L2 {med(l2_t, ok_t)} | {int(r.success.sum())}/{n}, "
-                f"median L2 {med(r.l2, r.success)} | {tt:.1f} | {tf:.1f} | {tf / tt:.2f} |")
-    print(rows[-1], flush=True)
+    for ss, abort in ((1, "batch"), (1, "item"), (args.cw_search, "item")):
+        r = cw(model, x, labels=y, steps=cs // ss, search_steps=ss, c=1, abort_early=abort, seed=0, progress=False)
+        both = r.success & ok_t
+        rows.append(f"| C&W L2, {cs} steps in all (fvis: {ss} constant(s) x {cs // ss}, abort per {abort}) | "
+                    f"{int(ok_t.sum())}/{n} [float: {int(float_t.sum())}], median L2 {med(l2_t, ok_t)} | "
+                    f"{int(r.success.sum())}/{n}, median L2 {med(r.l2, r.success)}; of {int(both.sum())} fooled by "
+                    f"both: L2 smaller by > 0.1% on {int((r.l2[both] < l2_t[both] * (1 - 1e-3)).sum())}, within "
+                    f"0.1% on {int(((r.l2[both] - l2_t[both]).abs() <= l2_t[both] * 1e-3).sum())}, larger by > 0.1% "
+                    f"on {int((r.l2[both] > l2_t[both] * (1 + 1e-3)).sum())} |")
+        print(rows[-1], flush=True)
     return rows
 
 
-def square_seeds(model, crops, args, ta):
-    """Square L2 on more images and several seeds (random search: one seed on 8 images says little)."""
-    x = (torch.stack(list(crops.values())[1::2][:args.square_images]) * 255).round() / 255
-    with torch.no_grad():
-        y = model(x).argmax(1)
+def time_cases(model, args, ta):
+    """name -> (fvis thunk, torchattacks thunk), on the timing crops ``x``, ``y`` bound later."""
+    e, s, cs, ss = args.eps, args.time_steps, args.cw_steps, args.cw_search
+    return {
+        f"APGD-CE, {s} steps (fvis: per-item early stop)": (
+            lambda x, y: apgd(model, x, labels=y, eps=e, steps=s, loss="ce", seed=0, progress=False),
+            lambda x, y: ta.APGD(model, norm="Linf", eps=e, steps=s, loss="ce", seed=0)(x, y)),
+        f"APGD-CE, {s} steps, fvis without early stop (every step, like torchattacks)": (
+            lambda x, y: apgd(model, x, labels=y, eps=e, steps=s, loss="ce", early_stop=False, seed=0, progress=False),
+            lambda x, y: ta.APGD(model, norm="Linf", eps=e, steps=s, loss="ce", seed=0)(x, y)),
+        f"C&W L2, {cs} steps, one constant, whole-batch abort (same settings and rule as torchattacks)": (
+            lambda x, y: cw(model, x, labels=y, steps=cs, search_steps=1, c=1, abort_early="batch", seed=0,
+                            progress=False),
+            lambda x, y: ta.CW(model, c=1, kappa=0, steps=cs, lr=0.01)(x, y)),
+        f"C&W L2, {cs} steps, one constant, fvis's per-item abort (smaller L2 on some items)": (
+            lambda x, y: cw(model, x, labels=y, steps=cs, search_steps=1, c=1, seed=0, progress=False),
+            lambda x, y: ta.CW(model, c=1, kappa=0, steps=cs, lr=0.01)(x, y)),
+        f"C&W L2, {cs} steps in all (fvis: binary search, {ss} constants x {cs // ss}, per-item abort)": (
+            lambda x, y: cw(model, x, labels=y, steps=cs // ss, search_steps=ss, c=1, seed=0, progress=False),
+            lambda x, y: ta.CW(model, c=1, kappa=0, steps=cs, lr=0.01)(x, y)),
+        f"Square L-inf, {args.queries} queries": (
+            lambda x, y: square(model, x, labels=y, eps=e, steps=args.queries, seed=0, progress=False),
+            lambda x, y: ta.Square(model, norm="Linf", eps=e, n_queries=args.queries, seed=0)(x, y)),
+    }
+
+
+def timing(model, x, y, args, ta):
+    cases = {k: v for k, v in time_cases(model, args, ta).items()
+             if not args.rows or any(w.lower() in k.lower() for w in args.rows)}
+    times = {name: {"fvis": [], "ta": []} for name in cases}
+    for r in range(args.rounds):  # interleaved: every case once per round, the order of the tools alternating
+        for name, (f_fvis, f_ta) in cases.items():
+            order = [("ta", f_ta), ("fvis", f_fvis)][:: 1 if r % 2 == 0 else -1]
+            for tool, f in order:
+                torch.manual_seed(0)
+                _, t = timed(lambda: f(x, y))
+                times[name][tool].append(t)
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
     rows = []
-    for seed in args.square_seeds:
-        r, tf = timed(lambda: square(model, x, labels=y, eps=args.eps_l2, norm="l2", steps=args.queries, seed=seed,
-                                     progress=False))
-        torch.manual_seed(seed)
-        adv, tt = timed(lambda: ta.Square(model, norm="L2", eps=args.eps_l2, n_queries=args.queries, seed=seed)(x, y))
-        ok_t, float_t = fooled(model, x, adv, y, args.eps_l2, "l2")
-        rows.append(f"| {seed} | {int(ok_t.sum())}/{len(x)} (float: {int(float_t.sum())}/{len(x)}) | "
-                    f"{int(r.success.sum())}/{len(x)} | {tt:.1f} | {tf:.1f} | {tf / tt:.2f} |")
+    for name, t in times.items():
+        ratios = [a / b for a, b in zip(t["fvis"], t["ta"])]
+        span = lambda v: f"{statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})"  # noqa: E731
+        rows.append(f"| {name} | {span(t['ta'])} | {span(t['fvis'])} | "
+                    f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
         print(rows[-1], flush=True)
     return rows
 
 
 def autoattack(model, x, y, args, ta):
-    n = len(x)
+    """Per budget (steps, Square queries): torchattacks' AutoAttack components chained as
+    AutoAttack chains them (each on the images still correct; here judged on the 8-bit image, as
+    fvis judges) vs fvis.attacks.robustness; then torchattacks.AutoAttack as shipped."""
+    e, norm = args.aa_eps, args.aa_norm
+    tn, n, rows = {"linf": "Linf", "l2": "L2"}[norm], len(x), []
+    each = lambda d: ", ".join(f"{k} {v:.1%}" for k, v in d.items())  # noqa: E731
+    for s, q in args.aa_budgets:
+        ta_attacks = {"apgd-ce": ta.APGD(model, norm=tn, eps=e, steps=s, loss="ce", seed=0),
+                      "apgd-t": ta.APGDT(model, norm=tn, eps=e, steps=s, n_classes=10, seed=0),
+                      "fab-t": ta.FAB(model, norm=tn, eps=e, steps=s, multi_targeted=True, n_classes=10, seed=0),
+                      "square": ta.Square(model, norm=tn, eps=e, n_queries=q, seed=0)}
+        robust, after, t0 = torch.ones(n, dtype=torch.bool), {}, time.perf_counter()
+        for name, atk in ta_attacks.items():
+            todo = robust.nonzero().flatten()
+            if todo.numel():
+                torch.manual_seed(0)
+                ok, _ = fooled(model, x[todo], atk(x[todo], y[todo]), y[todo], e, norm)
+                robust[todo[ok]] = False
+            after[name] = float(robust.float().mean())
+        tt = time.perf_counter() - t0
+        rep, tf = timed(lambda: robustness(model, x, y, eps=e, norm=norm, attacks=("apgd-ce", "apgd-t", "square"),
+                                           steps=s, queries=q, targets=9, seed=0, progress=False))
+        rows += [f"| torchattacks' AutoAttack components, chained ({s} steps, 9 targets, FAB-T, Square {q}) | "
+                 f"{robust.float().mean():.1%} | {each(after)} | {tt:.1f} | 1.00 |",
+                 f"| fvis robustness (apgd-ce, apgd-t, square; {s} steps, 9 targets, Square {q}) | "
+                 f"{rep.robust_accuracy:.1%} | {each(rep.per_attack)} | {tf:.1f} | {tf / tt:.2f} |"]
+        print(*rows[-2:], sep="\n", flush=True)
+    if not args.aa_shipped:
+        return rows
     torch.manual_seed(0)
-    adv_t, tt = timed(lambda: ta.AutoAttack(model, norm="Linf", eps=args.eps, version="standard", n_classes=10,
-                                            seed=0)(x, y))
-    ok_t, float_t = fooled(model, x, adv_t, y, args.eps, "linf")
-    rep, tf = timed(lambda: robustness(model, x, y, eps=args.eps, attacks=("apgd-ce", "apgd-t", "square"), steps=10,
-                                       queries=5000, targets=9, seed=0, progress=False))
-    return [f"| torchattacks.AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square 5000) | "
-            f"{1 - float(ok_t.float().mean()):.1%} (float: {1 - float(float_t.float().mean()):.1%}) | {tt:.1f} | 1.00 |",
-            f"| fvis robustness (apgd-ce, apgd-t, square; 10 steps, 9 targets, 5000 queries) | "
-            f"{rep.robust_accuracy:.1%} (after each: " + ", ".join(f"{k} {v:.0%}" for k, v in rep.per_attack.items())
-            + f") | {tf:.1f} | {tf / tt:.2f} |"]
+    aa, t_std = timed(lambda: ta.AutoAttack(model, norm=tn, eps=e, version="standard", n_classes=10, seed=0)(x, y))
+    ok_std, float_std = fooled(model, x, aa, y, e, norm)
+    rows.append(f"| torchattacks.AutoAttack(version='standard') as shipped (10 steps, Square 5000; judged in float "
+                f"between attacks) | {1 - float(ok_std.float().mean()):.1%} [float: "
+                f"{1 - float(float_std.float().mean()):.1%}] | | {t_std:.1f} | |")
+    print(rows[-1], flush=True)
+    return rows
 
 
 def transfer(model, x, y, args):
@@ -157,66 +238,80 @@ def transfer(model, x, y, args):
     return rows
 
 
+def crops_of(crops, n, offset=0):
+    values = list(crops.values())
+    return (torch.stack(values[offset::max(len(values) // n, 1)][:n]) * 255).round() / 255
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=8)
+    p.add_argument("--section", required=True, choices=["strength", "time", "autoattack", "transfer"])
+    p.add_argument("--rows", type=lambda t: [w for w in t.split(";") if w], default=[],
+                   help="only the rows whose name contains one of these strings (separated by ;)")
+    p.add_argument("--images", type=int, default=32, help="crops for strength / autoattack (of 42)")
+    p.add_argument("--seeds", type=ints, default=[0, 1, 2])
     p.add_argument("--eps", type=fraction, default=1 / 255)
     p.add_argument("--eps-l2", type=float, default=0.25)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--eps-l2-square", type=float, default=0.5)
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--steps-l2", type=int, default=1)
     p.add_argument("--targets", type=int, default=3)
-    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--queries", type=int, default=50)
     p.add_argument("--cw-steps", type=int, default=30)
     p.add_argument("--cw-search", type=int, default=3)
+    p.add_argument("--time-images", type=int, default=8)
+    p.add_argument("--time-steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--aa-norm", choices=["linf", "l2"], default="l2")
+    p.add_argument("--aa-eps", type=fraction, default=0.25)
+    p.add_argument("--aa-budgets", type=lambda t: [tuple(map(int, b.split(":"))) for b in t.split(",")],
+                   default=[(1, 100)], help="STEPS:QUERIES,... (default 1:100)")
+    p.add_argument("--aa-shipped", action="store_true", help="also torchattacks.AutoAttack as shipped")
     p.add_argument("--eot", type=int, default=4)
+    p.add_argument("--transfer-images", type=int, default=8)
     p.add_argument("--transfer-eps", type=fraction, default=8 / 255)
     p.add_argument("--transfer-steps", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--square-images", type=int, default=16)
-    p.add_argument("--square-seeds", type=lambda t: [int(v) for v in t.split(",")], default=[1, 2])
-    p.add_argument("--skip", default="", help="comma list of sections to skip: side,square,autoattack,transfer")
-    p.add_argument("--out", type=Path, default=Path("results/attacks/bench.md"))
+    p.add_argument("--out", type=Path)
     args = p.parse_args()
-    skip = set(filter(None, args.skip.split(",")))
+    out = args.out or Path(f"results/attacks/bench_{args.section}.md")
     torch.set_grad_enabled(True)
     model = fvis.load("efficientnet-lite0")
-    crops = photo_crops(224, sides=(224, 288), flips=(0, 1))
-    x = (torch.stack(list(crops.values())[::max(len(crops) // args.images, 1)][:args.images]) * 255).round() / 255
+    crops = photo_crops(224, sides=(224, 288, 352), flips=(0, 1))
+    n = {"time": args.time_images, "transfer": args.transfer_images}.get(args.section, args.images)
+    x = crops_of(crops, n)
     with torch.no_grad():
         y = model(x).argmax(1)
-    try:
-        import torchattacks as ta
-    except ImportError:
-        ta = None
-        print("torchattacks is not installed (pip install --no-deps torchattacks): side-by-side rows skipped")
-    lines = ["# APGD, APGD-T, Square, C&W, AutoAttack: fvis vs torchattacks (EfficientNet-Lite0)", "",
-             f"Command: `python {' '.join(sys.argv)}`  ",
+    ta = None
+    if args.section != "transfer":
+        import torchattacks as ta  # benchmark only: pip install --no-deps torchattacks
+    lines = [f"# fvis vs torchattacks on EfficientNet-Lite0: {args.section}", "",
+             f"Command: `python {shlex.join(sys.argv)}`  ",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
-             f"CPU, **shared with other jobs** (wall times are noisy; compare the ratios of one run).  ",
-             f"Inputs: {len(x)} crops of the offline photos, 224x224, 8-bit; labels: Lite0's clean predictions. "
-             "Success / robust accuracy judged on the quantized 8-bit image within eps for both tools "
+             "CPU (one core, pinned; other jobs run on the other core).  ",
+             f"Inputs: {len(x)} crops of the offline photos (of {len(crops)}), 224x224, 8-bit; labels: Lite0's clean "
+             "predictions. Success / robust accuracy judged on the quantized 8-bit image within eps for both tools "
              "(torchattacks' own float verdict in brackets).", ""]
-    if ta is not None and "side" not in skip:
-        lines += [f"## Attacks side by side (L-inf eps {args.eps * 255:.3g}/255 unless stated; same steps, restarts, "
-                  "targets, queries)", "",
-                  "| attack | torchattacks fooled | fvis fooled | torchattacks s | fvis s | time ratio |",
-                  "|---|---|---|---:|---:|---:|"]
-        lines += side_by_side(model, x, y, args, ta)
-    if ta is not None and "square" not in skip:
-        lines += ["", f"## Square L2 (eps {args.eps_l2}, {args.queries} queries) on {args.square_images} other crops, "
-                  "per seed", "", "| seed | torchattacks fooled | fvis fooled | torchattacks s | fvis s | time ratio |",
-                  "|---|---|---|---:|---:|---:|"]
-        lines += square_seeds(model, crops, args, ta)
-    if ta is not None and "autoattack" not in skip:
-        lines += ["", f"## Robust accuracy (L-inf eps {args.eps * 255:.3g}/255)", "",
-                  "| report | robust accuracy (8-bit) | seconds | time ratio |", "|---|---|---:|---:|"]
+    if args.section == "strength":
+        lines += [f"Seeds {args.seeds}: each cell is fooled over all seeds (per seed in brackets). No seconds here "
+                  "(see the time section).", "", "| attack | torchattacks fooled | fvis fooled |", "|---|---|---|"]
+        lines += strength(model, x, y, args, ta)
+    elif args.section == "time":
+        lines += [f"{args.rounds} interleaved rounds (every case once per round, the tools' order alternating); "
+                  "seconds and ratio fvis / torchattacks: median (min-max).", "",
+                  "| attack | torchattacks s | fvis s | time ratio |", "|---|---:|---:|---:|"]
+        lines += timing(model, x, y, args, ta)
+    elif args.section == "autoattack":
+        lines += [f"{args.aa_norm} eps {args.aa_eps:.4g}.", "",
+                  "| report | robust accuracy (8-bit) | after each attack | seconds | time ratio |",
+                  "|---|---|---|---:|---:|"]
         lines += autoattack(model, x, y, args, ta)
-    if "transfer" not in skip:
-        lines += ["", "## Transfer: made on Lite0, judged by Lite1 and Lite2 (prediction changed vs its clean one)",
-                  "", "| attack | Lite0 fooled | Lite1 changed | Lite2 changed | seconds |", "|---|---|---|---|---:|"]
+    else:
+        lines += ["Made on Lite0, judged by Lite1 and Lite2 (prediction changed vs its clean one).", "",
+                  "| attack | Lite0 fooled | Lite1 changed | Lite2 changed | seconds |", "|---|---|---|---|---:|"]
         lines += transfer(model, x, y, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"-> {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"-> {out}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from PIL import Image
 import objectives as obj
 from fvis.attacks import APGD, apgd, attack, checkpoints, cw, robustness, square
 from fvis.cli import main
+from fvis.errors import FvisError
 from fvis.files import load_image
 from fvis.param import Perturbation
 
@@ -217,3 +218,51 @@ def test_attack_cli_new_methods(tmp_path, coffee, capsys):
         assert meta["success"] and meta["linf_255"] <= 2 + 1e-4 and meta["settings"]["method"] == method
         if method == "square":
             assert 1 <= meta["queries"] <= 30
+
+
+def test_bad_input_through_the_python_api(lite0, coffee, capsys):
+    # the same four checks as the CLI, raised as FvisError before any attack runs
+    x = torch.stack([coffee[:, :96, :96], coffee[:, 100:196, 100:196]])
+    bad = [
+        (dict(labels=[1, 2], eps=0.0), "eps must be > 0"),
+        (dict(labels=[1, 2], eps=-1 / 255), "eps must be > 0"),
+        (dict(labels=[1, 2], eps=1 / 255, attacks=["apgd-ce", "apgd-tt"]), "Did you mean: apgd-t"),
+        (dict(labels=[1], eps=1 / 255), "1 labels for 2 images"),
+        (dict(labels=[1, 1000], eps=1 / 255), "label out of range"),
+        (dict(labels=[-1, 2], eps=1 / 255), "label out of range"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(FvisError, match=message):
+            robustness(lite0, x, progress=False, **kwargs)
+    for method in ("apgd", "apgd-t", "square"):  # eps <= 0 refused by every eps-ball attack
+        with pytest.raises(FvisError, match="eps must be > 0"):
+            attack(lite0, x, method=method, eps=0.0, progress=False)
+    with pytest.raises(FvisError, match="Did you mean: square"):
+        attack(lite0, x, method="sqare")
+    # the CLI: a misspelt --method is one line, exit 2 (argparse's choices, no usage block)
+    with pytest.raises(SystemExit) as e:
+        main(["attack", "--model", "efficientnet-lite0", "--image", "x.png", "--method", "apgdt", "--untargeted"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "apgd-t" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cw_early_abort_per_item_and_whole_batch():
+    from types import SimpleNamespace
+
+    from fvis.attacks.cw import KEEP, Distance, Smallest
+
+    clean = torch.zeros(2, 1, 1, 2)
+    logits = torch.tensor([[5.0, 0.0], [5.0, 0.0]])  # neither item fooled (class 0 wins): only the loss matters
+    for whole_batch, expected in [(False, [False, True]), (True, [True, True])]:
+        distance = Distance(clean)
+        policy = Smallest(clean, torch.tensor([0, 0]), False, check=3, distance=distance, whole_batch=whole_batch)
+        # loss = -objective + squared distance (0 here); item 0 keeps falling, item 1 rises once; sum rises
+        for step, values in [(0, [-4.0, -1.0]), (1, [9.0, 9.0]), (2, [9.0, 9.0]), (3, [-3.9, -3.0])]:
+            distance.penalty(clean, SimpleNamespace(rows=lambda t: t))
+            policy.observe(SimpleNamespace(step=step), torch.tensor(values), {"output": logits}, None)
+            if step in (1, 2):  # checks only at steps 0, 3, 6, ... (C&W's code): nothing stalls in between
+                assert not policy.stalled.any()
+        assert policy.stalled.tolist() == expected, whole_batch
+        assert policy.best.shape[0] == KEEP and torch.isinf(policy.l2).all()  # never fooled: nothing kept
+    with pytest.raises(FvisError, match="abort_early"):
+        cw(Toy(), images(), abort_early="sometimes", progress=False)
