@@ -106,127 +106,71 @@ def test_evaluate_prompt_metrics(smol):
 
 
 # -- inversion on SmolLM2 --------------------------------------------------------------------------
-def _planted(lm, seed):
-    allowed = allowed_tokens(lm, None, ascii_only=True)
-    pool = allowed.nonzero().flatten()
-    ids = pool[torch.randint(len(pool), (3,), generator=torch.Generator().manual_seed(seed))].tolist()
-    with torch.no_grad():
-        return lm.decode([int(lm.logits_of_ids(ids, keep=1)[0, -1].argmax())])
+def _planted(lm, n, seed=3):
+    """``n`` distinct targets, each the model's own greedy next token after a random 3-token ASCII
+    prompt (so a solution exists)."""
+    pool = allowed_tokens(lm, None, ascii_only=True).nonzero().flatten()
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    while len(out) < n:
+        ids = pool[torch.randint(len(pool), (3,), generator=g)].tolist()
+        with torch.no_grad():
+            nxt = int(lm.logits_of_ids(ids, keep=1)[0, -1].argmax())
+        text = lm.decode([nxt])
+        if text.strip() and lm.encode(text) == [nxt] and text not in out:
+            out.append(text)
+    return out
 
 
-@pytest.mark.parametrize("method", ["embed", "gcg"])
-def test_planted_target_found_and_bans_respected(smol, method):
-    target = _planted(smol, 3)
-    before = _state(smol)
-    inv = invert(smol, target, method=method, length=3, steps=40, time_limit=40, seed=0, progress=False)
-    assert _state(smol) == before  # modes, requires_grad and hooks as found
-    best = inv.best
-    assert best.success and best.roundtrip, (target, best)
-    assert smol.decode(best.retokenized) == best.text
-    allowed = allowed_tokens(smol, target)
-    for r in inv.restarts:
-        assert r.banned_tokens == [] and all(bool(allowed[i]) for i in r.ids)
-    assert inv.stopped == "success" and inv.seconds_to_success is not None
+def test_per_item_target_objective_scores_each_item_against_its_own_target(smol):
+    """A (B, n) target gives each row its own target, also for a subset of the batch (acts.rows)."""
+    from fvis.hooks import Capture
+
+    targets = [smol.encode(t) for t in (" house", " river", ",")]
+    ids = torch.tensor([[5, 1000, 4000], [123, 7, 3000], [77, 888, 9999]])
+    ctx = smol.with_context([], [], tail=[], keep=1)
+    both = lang.target_logprob(torch.tensor(targets))
+    with Capture(ctx, both.layers) as cap:
+        acts = cap.forward(smol.embed(ids).float())
+        per_item = both(acts)
+        singles = torch.stack([lang.target_logprob(t)(acts)[i] for i, t in enumerate(targets)])
+        sub = both(cap.forward(smol.embed(ids[[2, 0]]).float()).of(torch.tensor([2, 0]), 3))
+    assert torch.allclose(per_item, singles) and torch.allclose(sub, singles[[2, 0]])
+    assert len(set(per_item.tolist())) == 3
 
 
-def test_gcg_step_scores_candidates_and_keeps_one_hot(smol):
-    target = smol.encode(" Paris")
-    ctx = smol.with_context(smol.encode("The capital of France is"), [], tail=[], keep=1)
-    allowed = allowed_tokens(smol, " Paris")
-    param = OneHotTokens(smol, length=1, restarts=2, allowed=allowed, seed=0)
-    import fvis
-    from fvis.policies import PerItem
+def test_planted_targets_found_inside_a_batch_of_others(smol, tmp_path, capsys):
+    from fvis.lm import invert_many
 
-    res = fvis.optimize(ctx, lang.target_logprob(target), param, steps=2, progress=False, policies=[PerItem(keep_best=True)],
-                        optimizer=lambda ps: GCG(ps, param, topk=16, candidates=8, seed=0))
-    assert torch.equal(param.onehot.sum(-1), torch.ones(2, 1)) and set(param.onehot.unique().tolist()) == {0.0, 1.0}
-    assert all(bool(allowed[i]) for i in param.ids().flatten().tolist())
-    assert res.history["objective"][-1].max() >= res.history["objective"][0].max()
-
-
-def test_neuron_objective_raises_the_neuron_on_the_discrete_prompt(smol):
-    objective = lang.mlp_neuron(smol, 3, 100)
-    inv = invert(smol, objective=objective, method="gcg", length=3, steps=5, candidates=24, seed=0, progress=False)
-    assert inv.best.roundtrip and inv.best.value is not None
-    assert inv.best.value > inv.baseline + 0.1, (inv.best.value, inv.baseline)
-    # the reported value is the neuron measured on the re-tokenized real prompt
-    ev = evaluate_prompt(smol, inv.best.ids, objective=objective)
-    assert ev.value == pytest.approx(inv.best.value, abs=1e-4)
+    targets = _planted(smol, 3)
+    runs = invert_many(smol, targets, restarts=1, time_limit=45, progress=False)
+    assert [r.settings["target"] for r in runs] == targets
+    for r, t in zip(runs, targets):
+        assert r.settings["target_ids"] == smol.encode(t) and r.settings["batch"] == 3
+        again = evaluate_prompt(smol, r.best.ids, smol.encode(t))  # judged on its own target, real tokens
+        assert again.p_target == pytest.approx(r.best.p_target, rel=1e-4) and again.success == r.best.success
+    for r in runs:
+        assert r.best.success and r.best.roundtrip and r.seconds_to_success is not None, r.best
+    result = runs[0].result
+    assert result.done.all() and result.stopped == "done"
+    early = result.done_step < result.done_step.max()  # finished before the others: left the forward pass
+    assert torch.isnan(result.history["objective"][-1, early]).all()
+    assert torch.isfinite(result.history["objective"][-1, ~early]).all()
 
 
-def test_neuron_specs_and_errors(smol):
-    assert lang.parse_neuron(smol, "mlp.2:5").layers == {"model.layers.2.mlp.act_fn", "model.layers.2.mlp.up_proj"}
-    assert lang.parse_neuron(smol, "resid.2:5").layers == {"model.layers.2"}
-    with pytest.raises(FvisError, match="out of range"):
-        lang.mlp_neuron(smol, 99, 0)
-    with pytest.raises(FvisError, match="LAYER:INDEX"):
-        lang.parse_neuron(smol, "mlp3")
-    with pytest.raises(FvisError, match="unknown layer"):
-        invert(smol, objective=lang.parse_neuron(smol, "model.layers.2.mlpp:3"), steps=1, progress=False)
-    with pytest.raises(FvisError, match="out of range"):
-        invert(smol, objective=lang.mlp_neuron(smol, 2, 10**6), steps=1, progress=False)
+def test_targets_file_and_its_errors(smol, tmp_path, capsys):
+    from fvis.lm import read_targets
 
-
-def test_bad_inputs_one_line_errors(smol, tmp_path, capsys):
-    with pytest.raises(FvisError, match="empty"):
-        invert(smol, "", progress=False)
-    with pytest.raises(FvisError, match="length"):
-        invert(smol, " Paris", length=0, progress=False)
-    with pytest.raises(FvisError, match="no input embedding"):
-        LanguageModel(torch.nn.Linear(2, 2), smol.tokenizer)
-    with pytest.raises(FvisError, match="no such model|could not"):
-        load_lm(str(tmp_path / "missing" / "model"))
-    for argv in (["--target", " Paris", "--length", "0"], ["--neuron", "mlp.99:1"], ["--target", ""]):
-        code = cli.main(["invert", "--model", "smollm2-135m", "--out", str(tmp_path / "o"), "--quiet", *argv])
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and err.startswith("fvis: error:") and "\n" not in err, err
-
-
-# -- GPT-2 path ------------------------------------------------------------------------------------
-def test_gpt2_path_end_to_end(gpt2_dir, tmp_path, capsys):
-    lm = load_lm(str(gpt2_dir))
-    assert type(lm.net).__name__ == "GPT2LMHeadModel" and lm.vocab_size == 50257
-    assert lm.encode("Hello world") == [15496, 995]  # the real GPT-2 BPE
-    inv = invert(lm, " hello world", method="gcg", length=2, restarts=2, steps=3, progress=False)
-    assert len(inv.restarts) == 2 and inv.best.p_target is not None and len(inv.best.rank) == 2
-    inv = invert(lm, " hello", method="embed", length=2, restarts=2, steps=3, snap="cosine", progress=False)
-    assert all(r.banned_tokens == [] for r in inv.restarts)
-    neuron = lang.parse_neuron(lm, "mlp.1:7", position="all")
-    assert neuron.layers == {"transformer.h.1.mlp.act"}
-    out = tmp_path / "inv"
-    code = cli.main(["invert", "--model", str(gpt2_dir), "--target", " hello", "--length", "2", "--steps", "2",
-                     "--method", "gcg", "--prefix", "Say:", "--quiet", "--out", str(out)])
-    assert code == 0
-    data = json.loads((out / "result.json").read_text())
-    assert data["settings"]["prefix"] == "Say:" and data["best"]["text"] and "roundtrip" in data["best"]
-    assert "p(target)" in capsys.readouterr().out
-    code = cli.main(["invert", "--model", str(gpt2_dir), "--neuron", "mlp.0:3", "--length", "2", "--steps", "2",
-                     "--quiet", "--out", str(out)])
-    assert code == 0 and json.loads((out / "result.json").read_text())["baseline"] is not None
-
-
-def test_invert_settings_grouped_or_by_name_give_the_same_run(gpt2_dir, tmp_path, capsys):
-    """invert()'s grouped settings (Prompt, Gcg/Embed, Budget) and single settings by name are the same
-    run; each group checks its values when built, and the command builds them before loading a model."""
-    from fvis.lm import Budget, Embed, Gcg, Prompt, search_method
-
-    lm = load_lm(str(gpt2_dir))
-    grouped = invert(lm, " hello", prompt=Prompt(length=2, prefix="Say:"), method=Gcg(topk=16, candidates=8),
-                     budget=Budget(restarts=2, steps=2), seed=1, progress=False)
-    named = invert(lm, " hello", length=2, prefix="Say:", method="gcg", topk=16, candidates=8, restarts=2, steps=2,
-                   seed=1, progress=False)
-    assert grouped.settings == named.settings and grouped.settings["topk"] == 16 and grouped.settings["length"] == 2
-    assert [r.ids for r in grouped.restarts] == [r.ids for r in named.restarts]
-    assert search_method("embed", lr=None, snap="cosine") == Embed(snap="cosine")
-    for bad, message in [(lambda: Prompt(length=0), "length must be >= 1"),
-                         (lambda: Budget(steps=0), "steps must be >= 1"),
-                         (lambda: Embed(snap="l1"), "snap must be"),
-                         (lambda: search_method("gcg", lr=3.0), "lr is not a setting of the gcg method"),
-                         (lambda: search_method("gcc"), "Did you mean: gcg"),
-                         (lambda: invert(lm, " hi", lenght=2), "no setting 'lenght'. Did you mean: length")]:
-        with pytest.raises(FvisError, match=message):
-            bad()
-    code = cli.main(["invert", "--model", "no-such-model", "--target", " hi", "--method", "gcg", "--lr", "3",
-                     "--out", str(tmp_path / "o")])
-    err = capsys.readouterr().err
-    assert code == 2 and "lr is not a setting of the gcg method" in err and err.count("\n") == 1
+    path = tmp_path / "targets.txt"
+    path.write_text(" girl\n\n boy\n", encoding="utf-8")
+    assert read_targets(path) == [" girl", " boy"]
+    (tmp_path / "empty.txt").write_text("\n  \n", encoding="utf-8")
+    (tmp_path / "twice.txt").write_text(" a\n a\n", encoding="utf-8")
+    for argv, message in [(["--targets", str(tmp_path / "missing.txt")], "does not exist"),
+                          (["--targets", str(tmp_path / "empty.txt")], "holds no target"),
+                          (["--targets", str(tmp_path / "twice.txt")], "given twice"),
+                          (["--target", " a", "--neuron", "mlp.1:2"], "not both"),
+                          ([], "give --target")]:
+        code = cli.main(["invert", "--model", "no-such-model", "--out", str(tmp_path / "o"), *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err

@@ -6,12 +6,12 @@ tokens), ``settings`` (:class:`Prompt`, :class:`Embed`, :class:`Gcg`, :class:`Bu
 ``inversion`` (:func:`invert`, :func:`print_summary`). The token parameterizations are in
 :mod:`fvis.params.tokens`, the search optimizers in :mod:`fvis.optim`."""
 from .evaluation import PromptEval, evaluate_prompt
-from .inversion import Inversion, invert, print_summary
+from .inversion import Inversion, invert, invert_many, print_summary
 from .loading import LM_NAMES, SMOLLM2, SMOLLM2_GGUF, gpt2_tokenizer, is_language_model, load_lm, random_gpt2, smollm2_path
 from .model import LanguageModel
-from .settings import METHODS, Budget, Embed, Gcg, Prompt, check_target, search_method
+from .settings import METHODS, Budget, Embed, Gcg, Prompt, check_target, check_targets, read_targets, search_method
 from .vocab import allowed_tokens
 
 __all__ = ["LanguageModel", "load_lm", "LM_NAMES", "SMOLLM2", "SMOLLM2_GGUF", "is_language_model", "random_gpt2",
            "smollm2_path", "gpt2_tokenizer", "allowed_tokens", "PromptEval", "evaluate_prompt", "Inversion",
-           "invert", "print_summary", "Prompt", "Embed", "Gcg", "Budget", "METHODS", "search_method", "check_target"]
+           "invert", "invert_many", "print_summary", "Prompt", "Embed", "Gcg", "Budget", "METHODS", "search_method", "check_target", "check_targets", "read_targets"]
