@@ -3,15 +3,20 @@ wrapper that lets :func:`fvis.optimize` drive a transformer with input *embeddin
 (:func:`load_lm`: hub name, local folder, GGUF file, offline SmolLM2), ``vocab``
 (:func:`allowed_tokens`), ``evaluation`` (:func:`evaluate_prompt`: a prompt judged on its real
 tokens), ``settings`` (:class:`Prompt`, :class:`Embed`, :class:`Gcg`, :class:`Budget`) and
-``inversion`` (:func:`invert`, :func:`print_summary`). The token parameterizations are in
+``inversion`` (:func:`invert`, :func:`invert_many`, :func:`print_summary`), ``study`` (:func:`collect`,
+:func:`write_study`: many prompts per target and their distinctive tokens), ``logodds``
+(:func:`log_odds`) and ``study_charts``. The token parameterizations are in
 :mod:`fvis.params.tokens`, the search optimizers in :mod:`fvis.optim`."""
 from .evaluation import PromptEval, evaluate_prompt
 from .inversion import Inversion, invert, invert_many, print_summary
 from .loading import LM_NAMES, SMOLLM2, SMOLLM2_GGUF, gpt2_tokenizer, is_language_model, load_lm, random_gpt2, smollm2_path
 from .model import LanguageModel
 from .settings import METHODS, Budget, Embed, Gcg, Prompt, check_target, check_targets, read_targets, search_method
+from .logodds import TokenOdds, log_odds
+from .study import Study, collect, token_table, write_study
 from .vocab import allowed_tokens
 
 __all__ = ["LanguageModel", "load_lm", "LM_NAMES", "SMOLLM2", "SMOLLM2_GGUF", "is_language_model", "random_gpt2",
            "smollm2_path", "gpt2_tokenizer", "allowed_tokens", "PromptEval", "evaluate_prompt", "Inversion",
-           "invert", "invert_many", "print_summary", "Prompt", "Embed", "Gcg", "Budget", "METHODS", "search_method", "check_target", "check_targets", "read_targets"]
+           "invert", "invert_many", "print_summary", "Prompt", "Embed", "Gcg", "Budget", "METHODS", "search_method", "check_target", "check_targets", "read_targets",
+           "log_odds", "TokenOdds", "Study", "collect", "token_table", "write_study"]

@@ -1,0 +1,163 @@
+"""What a language model "thinks of" a word, Rumbelow-style: many prompts that make it emit each
+target, collected in batched rounds (:func:`collect`), and the tokens of those prompts ranked
+against a baseline by log-odds (:func:`token_table`; :mod:`fvis.lm.logodds`): the prompts found
+for the other targets, or random prompts when there is one target. :func:`write_study` writes
+``prompts.jsonl``, ``tokens.csv``, ``tokens.json`` and the charts (:mod:`fvis.lm.study_charts`)."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..errors import FvisError
+from ..files import atomic_write
+from ..params.tokens import _init_ids
+from ..progress import progress_bar
+from .inversion import invert_many
+from .logodds import log_odds
+from .model import LanguageModel
+from .settings import Budget, Prompt, check_targets
+from .study_charts import compare_chart, token_chart
+from .vocab import allowed_tokens
+
+PROMPTS = "prompts.jsonl"
+
+
+@dataclass
+class Study:
+    """Successful real prompts per target (``prompts[target]``: dicts with ``text``, ``ids``,
+    ``p_target``; unique texts), with the study's ``settings``, ``rounds`` and ``seconds``."""
+
+    targets: list
+    prompts: dict
+    settings: dict = field(default_factory=dict)
+    rounds: int = 0
+    seconds: float = 0.0
+
+    def counts(self, target: str) -> Counter:
+        """Token id -> occurrences in the target's prompts."""
+        return Counter(i for p in self.prompts[target] for i in p["ids"])
+
+
+def collect(lm: LanguageModel, targets: Sequence[str], *, prompts: int = 50, restarts: int = 8,
+            time_limit: float = 600.0, round_limit: float = 30.0, prompt: Prompt | None = None,
+            method="embed", seed: int = 0, out: str | Path | None = None, progress: bool = True) -> Study:
+    """Optimize rounds of ``restarts`` new prompts per unfinished target, all targets in one batch
+    (:func:`invert_many`, each restart finishing on its own success, at most ``round_limit`` s a
+    round), until every target has ``prompts`` distinct successful real prompts (judged on the
+    re-tokenized text) or ``time_limit`` seconds have passed. With ``out``, each round's prompts are
+    appended to ``out/prompts.jsonl`` and an interrupted study resumes from it."""
+    targets = check_targets(targets)
+    if prompts < 1 or restarts < 1 or not time_limit > 0 or not round_limit > 0:
+        raise FvisError(f"a study needs prompts >= 1, restarts >= 1 and time limits > 0, got {prompts}, {restarts}, "
+                        f"{time_limit} and {round_limit}")
+    prompt = prompt or Prompt()
+    start = time.perf_counter()
+    found: dict[str, dict[str, dict]] = {t: {} for t in targets}
+    log = Path(out) / PROMPTS if out is not None else None
+    rounds = 0
+    if log is not None and log.exists():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            if rec["target"] in found and rec.get("length") == prompt.length:
+                found[rec["target"]].setdefault(rec["text"], rec)
+                rounds = max(rounds, rec["round"] + 1)
+    bar = progress_bar(total=prompts * len(targets), desc="fvis lm-study", unit="prompt", show=progress)
+    bar.update(sum(min(len(v), prompts) for v in found.values()))
+    while (todo := [t for t in targets if len(found[t]) < prompts]) and time.perf_counter() - start < time_limit:
+        left = time_limit - (time.perf_counter() - start)
+        runs = invert_many(lm, todo, prompt=prompt, method=method, seed=seed + 1000 * rounds, progress=False,
+                           each=True, budget=Budget(restarts=restarts, time_limit=min(round_limit, left)))
+        new = []
+        for t, inv in zip(todo, runs):
+            for e in inv.restarts:
+                if e.success and e.roundtrip and e.text not in found[t] and len(found[t]) < prompts:
+                    rec = {"target": t, "text": e.text, "ids": e.ids, "p_target": e.p_target, "round": rounds,
+                           "length": prompt.length}
+                    found[t][e.text] = rec
+                    new.append(rec)
+        if log is not None and new:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
+        bar.update(len(new))
+        rounds += 1
+    bar.close()
+    settings = {"model": lm.name, "length": prompt.length, "prefix": prompt.prefix, "suffix": prompt.suffix,
+                "prompts": prompts, "restarts": restarts, "time_limit": time_limit, "round_limit": round_limit,
+                "method": method if isinstance(method, str) else method.name, "seed": seed}
+    return Study(targets, {t: list(v.values()) for t, v in found.items()}, settings, rounds,
+                 time.perf_counter() - start)
+
+
+def random_counts(lm: LanguageModel, target: str, n: int, length: int, ascii_only: bool = False,
+                  seed: int = 0) -> Counter:
+    """Token counts of ``n`` random prompts of ``length`` tokens from the vocabulary the target's
+    prompts may use (the baseline of a one-target study)."""
+    allowed = allowed_tokens(lm, target, ascii_only=ascii_only)
+    ids = _init_ids(allowed, n, length, None, torch.Generator().manual_seed(seed))
+    return Counter(ids.flatten().tolist())
+
+
+def token_table(lm: LanguageModel, study: Study, prior: float = 100.0, random_prompts: int = 1000) -> dict:
+    """Per target: its prompts' tokens ranked by log-odds z-score against the baseline (the other
+    targets' prompts pooled; with one target, ``random_prompts`` random prompts)."""
+    table = {}
+    for t in study.targets:
+        counts = study.counts(t)
+        if len(study.targets) > 1:
+            base = sum((study.counts(o) for o in study.targets if o != t), Counter())
+            kind = "prompts found for " + ", ".join(repr(o) for o in study.targets if o != t)
+        else:
+            base = random_counts(lm, t, random_prompts, study.settings.get("length", 3), seed=study.settings.get("seed", 0))
+            kind = f"{random_prompts} random prompts"
+        ranked = log_odds(counts, base, prior=prior) if counts or base else []
+        rows = [{"token_id": int(r.token), "token": lm.decode([r.token]), **{k: v for k, v in r.as_dict().items()
+                                                                               if k != "token"}} for r in ranked]
+        table[t] = {"prompts": len(study.prompts[t]), "tokens": sum(counts.values()), "baseline": kind,
+                    "baseline_tokens": sum(base.values()), "prior": prior, "ranked": rows}
+    return table
+
+
+def write_study(lm: LanguageModel, study: Study, out: str | Path, prior: float = 100.0, top: int = 20,
+                compare: Sequence[str] | None = None) -> list[Path]:
+    """``tokens.csv`` and ``tokens.json`` (every target's ranked tokens), ``tokens_<i>.png`` per
+    target and ``compare.png``: two targets (``compare``; default: the first two) ranked against
+    each other, the tokens that mark each side by side."""
+    out = Path(out)
+    table = token_table(lm, study, prior)
+    data = {"settings": study.settings, "rounds": study.rounds, "seconds": study.seconds, "targets": table,
+            "prompts": study.prompts}
+    paths = [atomic_write(out / "tokens.json", lambda f: f.write(json.dumps(data, indent=1, ensure_ascii=False)
+                                                                 .encode("utf-8")))]
+    fields = ["target", "rank", "token_id", "token", "count", "baseline_count", "alpha", "delta", "variance", "z"]
+
+    def write_csv(f):
+        text = io.StringIO()
+        w = csv.DictWriter(text, fieldnames=fields)
+        w.writeheader()
+        for t, entry in table.items():
+            for rank, row in enumerate(entry["ranked"], 1):
+                w.writerow({"target": t, "rank": rank, **row})
+        f.write(text.getvalue().encode("utf-8"))
+
+    paths.append(atomic_write(out / "tokens.csv", write_csv))
+    for i, t in enumerate(study.targets):
+        paths.append(token_chart(t, table[t], out / f"tokens_{i}.png", top))
+    pair = list(compare) if compare else study.targets[:2]
+    if len(pair) == 2:
+        missing = [p for p in pair if p not in table]
+        if missing:
+            raise FvisError(f"cannot compare {missing[0]!r}: not a target of this study")
+        a, b = pair
+        ranked = [(lm.decode([r.token]), r.z, r.count, r.baseline_count)
+                  for r in log_odds(study.counts(a), study.counts(b), prior=prior)]
+        paths.append(compare_chart(a, b, ranked, out / "compare.png", top))
+    return [p for p in paths if p is not None]
