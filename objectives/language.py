@@ -51,14 +51,17 @@ def target_logprob(target: Sequence[int] | torch.Tensor, name: str | None = None
 
 
 def _positions(act: torch.Tensor, position) -> torch.Tensor:
-    """``(B, T, ...)`` -> ``(B, ...)``: one position, or the mean over all."""
+    """``(B, T, ...)`` -> ``(B, ...)``: one position, or the mean over all; ``"each"``: every
+    position, ``(B, T, ...)`` unchanged (for scans of a corpus, not for optimizing)."""
+    if position == "each":
+        return act
     if position == "all":
         return act.mean(1)
     return act[:, -1 if position == "last" else int(position)]
 
 
 def _check_position(layer: str, position):
-    if position in POSITIONS:
+    if position in POSITIONS or position == "each":
         return
     if not isinstance(position, int):
         raise FvisError(f"position must be 'last', 'all' or an integer, got {position!r}")

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,17 +48,17 @@ class Study:
 
 
 def collect(lm: LanguageModel, targets: Sequence[str], *, prompts: int = 50, restarts: int = 8,
-            time_limit: float = 600.0, round_limit: float = 30.0, prompt: Prompt | None = None,
+            time_limit: float = 600.0, round_limit: float = 120.0, round_steps: int = 40, prompt: Prompt | None = None,
             method="embed", seed: int = 0, out: str | Path | None = None, progress: bool = True) -> Study:
     """Optimize rounds of ``restarts`` new prompts per unfinished target, all targets in one batch
-    (:func:`invert_many`, each restart finishing on its own success, at most ``round_limit`` s a
-    round), until every target has ``prompts`` distinct successful real prompts (judged on the
+    (:func:`invert_many`, each restart finishing on its own success, at most ``round_steps``
+    steps and ``round_limit`` s a round), until every target has ``prompts`` distinct successful real prompts (judged on the
     re-tokenized text) or ``time_limit`` seconds have passed. With ``out``, each round's prompts are
     appended to ``out/prompts.jsonl`` and an interrupted study resumes from it."""
     targets = check_targets(targets)
-    if prompts < 1 or restarts < 1 or not time_limit > 0 or not round_limit > 0:
-        raise FvisError(f"a study needs prompts >= 1, restarts >= 1 and time limits > 0, got {prompts}, {restarts}, "
-                        f"{time_limit} and {round_limit}")
+    if prompts < 1 or restarts < 1 or round_steps < 1 or not time_limit > 0 or not round_limit > 0:
+        raise FvisError(f"a study needs prompts, restarts and round steps >= 1 and time limits > 0, got {prompts}, "
+                        f"{restarts}, {round_steps}, {time_limit} and {round_limit}")
     prompt = prompt or Prompt()
     start = time.perf_counter()
     found: dict[str, dict[str, dict]] = {t: {} for t in targets}
@@ -74,7 +75,8 @@ def collect(lm: LanguageModel, targets: Sequence[str], *, prompts: int = 50, res
     while (todo := [t for t in targets if len(found[t]) < prompts]) and time.perf_counter() - start < time_limit:
         left = time_limit - (time.perf_counter() - start)
         runs = invert_many(lm, todo, prompt=prompt, method=method, seed=seed + 1000 * rounds, progress=False,
-                           each=True, budget=Budget(restarts=restarts, time_limit=min(round_limit, left)))
+                           each=True, budget=Budget(restarts=restarts, steps=round_steps,
+                                                                    time_limit=min(round_limit, left)))
         new = []
         for t, inv in zip(todo, runs):
             for e in inv.restarts:
@@ -91,7 +93,7 @@ def collect(lm: LanguageModel, targets: Sequence[str], *, prompts: int = 50, res
         rounds += 1
     bar.close()
     settings = {"model": lm.name, "length": prompt.length, "prefix": prompt.prefix, "suffix": prompt.suffix,
-                "prompts": prompts, "restarts": restarts, "time_limit": time_limit, "round_limit": round_limit,
+                "prompts": prompts, "restarts": restarts, "time_limit": time_limit, "round_limit": round_limit, "round_steps": round_steps,
                 "method": method if isinstance(method, str) else method.name, "seed": seed}
     return Study(targets, {t: list(v.values()) for t, v in found.items()}, settings, rounds,
                  time.perf_counter() - start)
@@ -157,6 +159,9 @@ def write_study(lm: LanguageModel, study: Study, out: str | Path, prior: float =
         if missing:
             raise FvisError(f"cannot compare {missing[0]!r}: not a target of this study")
         a, b = pair
+        if not (study.prompts[a] and study.prompts[b]):
+            warnings.warn(f"compare.png not written: no prompts for {a if not study.prompts[a] else b!r}")
+            return [p for p in paths if p is not None]
         ranked = [(lm.decode([r.token]), r.z, r.count, r.baseline_count)
                   for r in log_odds(study.counts(a), study.counts(b), prior=prior)]
         paths.append(compare_chart(a, b, ranked, out / "compare.png", top))
