@@ -106,22 +106,6 @@ def test_evaluate_prompt_metrics(smol):
 
 
 # -- inversion on SmolLM2 --------------------------------------------------------------------------
-def _planted(lm, n, seed=3):
-    """``n`` distinct targets, each the model's own greedy next token after a random 3-token ASCII
-    prompt (so a solution exists)."""
-    pool = allowed_tokens(lm, None, ascii_only=True).nonzero().flatten()
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    while len(out) < n:
-        ids = pool[torch.randint(len(pool), (3,), generator=g)].tolist()
-        with torch.no_grad():
-            nxt = int(lm.logits_of_ids(ids, keep=1)[0, -1].argmax())
-        text = lm.decode([nxt])
-        if text.strip() and lm.encode(text) == [nxt] and text not in out:
-            out.append(text)
-    return out
-
-
 def test_per_item_target_objective_scores_each_item_against_its_own_target(smol):
     """A (B, n) target gives each row its own target, also for a subset of the batch (acts.rows)."""
     from fvis.hooks import Capture
@@ -140,9 +124,9 @@ def test_per_item_target_objective_scores_each_item_against_its_own_target(smol)
 
 
 def test_planted_targets_found_inside_a_batch_of_others(smol, tmp_path, capsys):
-    from fvis.lm import invert_many
+    from fvis.lm import invert_many, planted_targets
 
-    targets = _planted(smol, 3)
+    targets = planted_targets(smol, 3, seed=3)
     runs = invert_many(smol, targets, restarts=1, time_limit=45, progress=False)
     assert [r.settings["target"] for r in runs] == targets
     for r, t in zip(runs, targets):

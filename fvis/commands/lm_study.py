@@ -43,8 +43,8 @@ def run(args) -> None:
     out = check_writable(args.out)
     lm = load_lm(args.model, device=args.device)
     study = collect(lm, targets, prompts=args.prompts, restarts=args.restarts, time_limit=args.time_limit,
-                    round_limit=args.round_limit, round_steps=args.round_steps, prompt=prompt, method=method, seed=args.seed, out=out,
-                    progress=not args.quiet)
+                    round_limit=args.round_limit, round_steps=args.round_steps, prompt=prompt, method=method,
+                    seed=args.seed, out=out, progress=not args.quiet)
     write_study(lm, study, out, prior=args.prior, top=args.top, compare=args.compare)
     for t in targets:
         print(f"{t!r}: {len(study.prompts[t])}/{args.prompts} prompts")

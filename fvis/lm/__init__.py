@@ -17,10 +17,12 @@ from .corpus import Snippet, corpus_topk, neuron_activations, read_corpus
 from .logodds import TokenOdds, log_odds
 from .neuron_report import read_prompts, write_report
 from .study import Study, collect, token_table, write_study
-from .vocab import allowed_tokens
+from .vocab import allowed_tokens, planted_targets
 
 __all__ = ["LanguageModel", "load_lm", "LM_NAMES", "SMOLLM2", "SMOLLM2_GGUF", "is_language_model", "random_gpt2",
            "smollm2_path", "gpt2_tokenizer", "allowed_tokens", "PromptEval", "evaluate_prompt", "Inversion",
-           "invert", "invert_many", "print_summary", "Prompt", "Embed", "Gcg", "Budget", "METHODS", "search_method", "check_target", "check_targets", "read_targets",
+           "invert", "invert_many", "print_summary", "Prompt", "Embed", "Gcg", "Budget", "METHODS", "search_method",
+           "check_target", "check_targets", "read_targets",
            "log_odds", "TokenOdds", "Study", "collect", "token_table", "write_study",
-           "read_corpus", "neuron_activations", "corpus_topk", "Snippet", "read_prompts", "write_report"]
+           "read_corpus", "neuron_activations", "corpus_topk", "Snippet", "read_prompts", "write_report",
+           "planted_targets"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -113,9 +113,6 @@ class Snippet:
     before: str
     token: str
     after: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def corpus_topk(lm: LanguageModel, spec: str, corpus: str | Path, k: int = 20, *, context: int = 12,

@@ -4,7 +4,7 @@ z-score, so that tokens common everywhere do not top the list (:func:`log_odds`)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Hashable, Mapping
 
 from ..errors import FvisError
@@ -22,9 +22,6 @@ class TokenOdds:
     delta: float
     variance: float
     z: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def log_odds(counts: Mapping[Hashable, int], baseline: Mapping[Hashable, int], prior: float = 100.0,

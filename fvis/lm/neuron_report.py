@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import FvisError
@@ -71,7 +72,7 @@ def write_report(topk: dict, out: str | Path, prompts: dict | None = None) -> li
     page.append("</table>")
     paths = [atomic_write(out / "report.md", lambda f: f.write(("\n".join(md) + "\n").encode("utf-8"))),
              atomic_write(out / "report.html", lambda f: f.write(("\n".join(page) + "\n").encode("utf-8")))]
-    data = {k: v for k, v in topk.items() if k != "snippets"} | {"snippets": [s.as_dict() for s in topk["snippets"]]}
+    data = {k: v for k, v in topk.items() if k != "snippets"} | {"snippets": [asdict(s) for s in topk["snippets"]]}
     paths.append(atomic_write(out / "topk.json", lambda f: f.write(json.dumps(data, indent=1, ensure_ascii=False)
                                                                    .encode("utf-8"))))
     return paths

@@ -11,7 +11,7 @@ import json
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -93,7 +93,8 @@ def collect(lm: LanguageModel, targets: Sequence[str], *, prompts: int = 50, res
         rounds += 1
     bar.close()
     settings = {"model": lm.name, "length": prompt.length, "prefix": prompt.prefix, "suffix": prompt.suffix,
-                "prompts": prompts, "restarts": restarts, "time_limit": time_limit, "round_limit": round_limit, "round_steps": round_steps,
+                "prompts": prompts, "restarts": restarts, "time_limit": time_limit, "round_limit": round_limit,
+                "round_steps": round_steps,
                 "method": method if isinstance(method, str) else method.name, "seed": seed}
     return Study(targets, {t: list(v.values()) for t, v in found.items()}, settings, rounds,
                  time.perf_counter() - start)
@@ -121,8 +122,8 @@ def token_table(lm: LanguageModel, study: Study, prior: float = 100.0, random_pr
             base = random_counts(lm, t, random_prompts, study.settings.get("length", 3), seed=study.settings.get("seed", 0))
             kind = f"{random_prompts} random prompts"
         ranked = log_odds(counts, base, prior=prior) if counts or base else []
-        rows = [{"token_id": int(r.token), "token": lm.decode([r.token]), **{k: v for k, v in r.as_dict().items()
-                                                                               if k != "token"}} for r in ranked]
+        rows = [{"token_id": int(r.token), "token": lm.decode([r.token]),
+                 **{k: v for k, v in asdict(r).items() if k != "token"}} for r in ranked]
         table[t] = {"prompts": len(study.prompts[t]), "tokens": sum(counts.values()), "baseline": kind,
                     "baseline_tokens": sum(base.values()), "prior": prior, "ranked": rows}
     return table
