@@ -102,9 +102,9 @@ def study(args):
     s = data["settings"]
     cmd = (f"fvis lm-study --model {s['model']} " + " ".join(f"--target {shlex.quote(t)}" for t in data["targets"])
            + f" --prompts {s['prompts']} --restarts {s['restarts']} --time-limit {s['time_limit']:g} "
-           f"--round-limit {s['round_limit']:g} --round-steps {s.get('round_steps')} --out {args.study}")
+           f"--patience {s['patience']} --out {args.study}")
     lines = [f"# Prompt study: {' vs '.join(repr(t) for t in data['targets'])} (SmolLM2-135M, 3-token prompts)", "",
-             f"`{cmd}` (not timed; a shared core): {data['rounds']} rounds, {data['seconds']:.0f} s.", ""]
+             f"`{cmd}` (not timed; a shared core), resumed {data['rounds'] - 1} time(s); last run {data['seconds']:.0f} s.", ""]
     for t, entry in data["targets"].items():
         lines += [f"## {t!r}: {entry['prompts']} successful prompts (wanted {s['prompts']})", "",
                   f"Baseline: {entry['baseline']} ({entry['baseline_tokens']} tokens); prior {entry['prior']:g}.", "",

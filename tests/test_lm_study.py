@@ -89,3 +89,20 @@ def test_lm_study_bad_inputs_one_line_errors(tmp_path, capsys):
         code = cli.main(["lm-study", "--model", "no-such-model", "--out", str(tmp_path / "o"), *argv])
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_harvest_restarts_items_and_collects_distinct_real_prompts(tiny):
+    """Harvest mode: more successful prompts per target than restarts (items start again after a
+    success), all distinct, each judged again on its re-tokenized text, each reported at once."""
+    from fvis.lm import invert_many, planted_targets
+
+    targets = [t for i, t in enumerate(planted_targets(tiny, 3, seed=1)) if i != 1]
+    seen = []
+    runs = invert_many(tiny, targets, restarts=2, harvest={t: 3 for t in targets}, steps=400, time_limit=None,
+                       on_found=lambda t, ids: seen.append((t, tuple(ids))), progress=False)
+    for t, r in zip(targets, runs):
+        assert len(r.harvested) == 3 > r.settings["restarts"]
+        assert all(e.success and e.roundtrip for e in r.harvested)
+        assert len({e.text for e in r.harvested}) == 3
+        assert sorted(tuple(e.ids) for e in r.harvested) == sorted(ids for s, ids in seen if s == t)
+    assert runs[0].result.stopped == "done"

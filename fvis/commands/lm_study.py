@@ -15,10 +15,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--target", metavar="TEXT", action="append", help="a target text (repeat: ' girl', ' boy')")
     parser.add_argument("--targets", metavar="FILE", help="more targets, one per line (leading spaces kept)")
     parser.add_argument("--prompts", type=int, default=50, help="successful prompts wanted per target (default 50)")
-    parser.add_argument("--restarts", type=int, default=8, help="new prompts per target per round (default 8)")
+    parser.add_argument("--restarts", type=int, default=8, help="prompts per target optimized at once (default 8)")
     parser.add_argument("--time-limit", type=float, default=600.0, metavar="S", help="whole study (default 600 s)")
-    parser.add_argument("--round-limit", type=float, default=120.0, metavar="S", help="one round (default 120 s)")
-    parser.add_argument("--round-steps", type=int, default=40, help="steps of one round (default 40)")
+    parser.add_argument("--patience", type=int, default=40,
+                        help="steps before a prompt without success starts again (default 40)")
     parser.add_argument("--length", type=int, default=3, help="prompt tokens K (default 3)")
     parser.add_argument("--method", choices=["embed", "gcg"], default="embed", help="optimization method")
     parser.add_argument("--prior", type=float, default=100.0, help="log-odds Dirichlet prior weight (default 100)")
@@ -43,9 +43,9 @@ def run(args) -> None:
     out = check_writable(args.out)
     lm = load_lm(args.model, device=args.device)
     study = collect(lm, targets, prompts=args.prompts, restarts=args.restarts, time_limit=args.time_limit,
-                    round_limit=args.round_limit, round_steps=args.round_steps, prompt=prompt, method=method,
+                    patience=args.patience, prompt=prompt, method=method,
                     seed=args.seed, out=out, progress=not args.quiet)
     write_study(lm, study, out, prior=args.prior, top=args.top, compare=args.compare)
     for t in targets:
         print(f"{t!r}: {len(study.prompts[t])}/{args.prompts} prompts")
-    print(f"{study.rounds} rounds, {study.seconds:.0f} s -> {out}/tokens.csv, tokens.json, tokens_*.png")
+    print(f"{study.seconds:.0f} s -> {out}/tokens.csv, tokens.json, tokens_*.png, compare.png")

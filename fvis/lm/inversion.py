@@ -39,7 +39,7 @@ from ..hooks import OUTPUT, Capture, frozen
 from ..optim import GCG, SnapSearch
 from ..params import OneHotTokens, TokenEmbeddings
 from ..params.tokens import _init_ids
-from ..policies import PerItem, ProgressBar, TimeLimit
+from ..policies import PerItem, Policy, ProgressBar, TimeLimit
 from .evaluation import PromptEval, evaluate_prompt
 from .model import LanguageModel
 from .settings import Budget, Embed, Gcg, Prompt, check_targets, search_method
@@ -63,12 +63,14 @@ class Inversion:
     stopped: str | None
     baseline: float | None = None
     result: object = None
+    harvested: list | None = None
 
     def as_dict(self) -> dict:
         return {"best": self.best.as_dict(), "restarts": [r.as_dict() for r in self.restarts],
                 "settings": self.settings, "seconds": self.seconds, "steps": self.steps,
                 "seconds_to_success": self.seconds_to_success, "stopped": self.stopped,
-                "baseline": self.baseline}
+                "baseline": self.baseline,
+                **({"harvested": [h.as_dict() for h in self.harvested]} if self.harvested is not None else {})}
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2, ensure_ascii=False)
@@ -116,7 +118,9 @@ def invert(lm: LanguageModel, target: str | None = None, *, objective=None, prom
 
 def invert_many(lm: LanguageModel, targets: Sequence[str], *, prompt: Prompt | None = None,
                 method: str | Embed | Gcg = "embed", budget: Budget | None = None, seed: int = 0,
-                progress: bool = True, each: bool = False, **options) -> list[Inversion]:
+                progress: bool = True, each: bool = False, harvest: dict | None = None,
+                on_found: Callable[[str, list], None] | None = None, patience: int = 40,
+                **options) -> list[Inversion]:
     """:func:`invert` for many ``targets`` at once: every (target, restart) pair is one batch item
     of one :func:`fvis.optimize` run, scored against its own target; finished items leave the
     batch (no forward, no candidates). Returns one :class:`Inversion` per target, in order.
@@ -128,6 +132,13 @@ def invert_many(lm: LanguageModel, targets: Sequence[str], *, prompt: Prompt | N
     Targets of several tokens share a batch when they differ in their last token only (the
     teacher-forced tail is the model's); others run as further batches, one after another, each
     with the full time limit.
+
+    ``harvest`` (``{target: n}``): collect up to n distinct successful prompts per target in the
+    same run: each success (greedy target on the real tokens, text round-trip) is recorded
+    (``on_found(target, ids)`` is called at once; after the run each is judged again by
+    :func:`evaluate_prompt`: ``inversion.harvested``) and its item restarts from a fresh random
+    prompt; an item without success for ``patience`` steps restarts too; a target's items leave
+    the batch once it has n; the run ends when all have theirs.
     """
     start = time.perf_counter()
     prompt, budget, method = _settings(prompt, budget, method, options)
@@ -155,6 +166,9 @@ def invert_many(lm: LanguageModel, targets: Sequence[str], *, prompt: Prompt | N
         ctx = lm.with_context(prefix_ids, suffix_ids, tail=list(tail), keep=n)
         group_budget = replace(budget, restarts=len(group) * budget.restarts)
         watch = _Watch(item_target, owner, None, budget.stop_on_success and _discrete(method), each, t0)
+        if harvest is not None:
+            watch.harvest_into([harvest.get(t, 0) for t in group], allowed, prompt.length, seed, patience,
+                               None if on_found is None else lambda g, row: on_found(group[g], row))
         param, result, watch = _optimize(lm, ctx, objective, prompt, group_budget, method, allowed, init_ids, seed,
                                          progress, watch, t0)
         rows = param.ids().cpu()
@@ -167,8 +181,10 @@ def invert_many(lm: LanguageModel, targets: Sequence[str], *, prompt: Prompt | N
             found = watch.success_at.get(g)
             out[t] = Inversion(best=ranked[0], restarts=ranked, settings=settings,
                                seconds=time.perf_counter() - t0, steps=result.steps, seconds_to_success=found,
-                               stopped="success" if found is not None and not each else result.stopped,
-                               result=result)
+                               stopped="success" if found is not None and not each and harvest is None else result.stopped,
+                               result=result, harvested=None if harvest is None else
+                               [evaluate_prompt(lm, row, ids[t], prefix_ids, suffix_ids, own[t])
+                                for row in watch.harvested.get(g, [])])
     return [out[t] for t in targets]
 
 
@@ -217,7 +233,7 @@ def _optimize(lm, ctx, objective, prompt, budget, method, allowed, init_ids, see
     watch = watch or _Watch(None, None, None, False, False, start)
     watch.param, watch.roundtrip = param, keep
     per_item.stop = watch
-    policies = [per_item]
+    policies = [per_item, watch]
     if budget.time_limit is not None:
         policies.append(TimeLimit(budget.time_limit, since=start))  # counted from the call, set-up included
     if progress:
@@ -264,19 +280,64 @@ def _roundtrip_filter(lm: LanguageModel, prefix: list, suffix: list) -> Callable
     return keep
 
 
-class _Watch:
+class _Watch(Policy):
     """The per-item ``stop`` callable: success of each forwarded item's real-token prompt (greedy
     next tokens equal to its own target, text round-trip). ``owner``: the target index of each
     item; a success finishes every item of that target (``each``: only the item itself). It also
-    keeps the best value so far for the progress bar. ``param`` and ``roundtrip`` are set by the run."""
+    keeps the best value so far for the progress bar. ``param`` and ``roundtrip`` are set by the
+    run. In harvest mode (:meth:`harvest_into`) it is also the policy that restarts items."""
 
     def __init__(self, targets, owner, param, use_success, each, start):
         self.targets, self.owner, self.param = targets, owner, param
-        self.use_success, self.each, self.start = use_success, each, start
+        self.use_success, self.each, self.t0 = use_success, each, start
         self.roundtrip = None
         self.best = -math.inf
         self.success_at: dict[int, float] = {}
         self.reason: str | None = None
+        self.wanted = None
+        self.harvested: dict[int, list] = {}
+
+    def harvest_into(self, wanted, allowed, length, seed, patience, judge):
+        """Harvest mode: up to ``wanted[g]`` distinct prompts per target ``g`` (``found(g, ids)`` is
+        called for each); successful or stuck (``patience`` steps) items restart."""
+        self.wanted, self.allowed, self.length, self.patience, self.found = wanted, allowed, length, patience, judge
+        self.generator = torch.Generator().manual_seed(seed + 7919)
+        self.age = torch.zeros(len(self.owner), dtype=torch.long)
+        self.restart = torch.zeros(len(self.owner), dtype=torch.bool)
+        self.seen: set = set()
+
+    def _full(self, g: int) -> bool:
+        return len(self.harvested.get(g, [])) >= self.wanted[g]
+
+    def _harvest(self, items, won):
+        for i in items[won].tolist():
+            g, row = int(self.owner[i]), self.param.ids()[i].cpu().tolist()
+            if not self._full(g) and (g, tuple(row)) not in self.seen:
+                self.seen.add((g, tuple(row)))
+                self.harvested.setdefault(g, []).append(row)
+                if self.found is not None:
+                    self.found(g, row)
+        self.age[items] += 1
+        self.restart[items[won]] = True
+        self.restart |= self.age >= self.patience
+        full = torch.tensor([self._full(int(g)) for g in self.owner])
+        self.restart &= ~full
+        return full[items]
+
+    @torch.no_grad()
+    def after_step(self, run) -> None:
+        """Harvest mode: the items that succeeded or got stuck start again from random prompts."""
+        if self.wanted is None or not self.restart.any():
+            return None
+        rows = self.restart.nonzero().flatten()
+        fresh = _init_ids(self.allowed, len(rows), self.length, None, self.generator).to(self.allowed.device)
+        if isinstance(self.param, TokenEmbeddings):
+            self.param.embeddings[rows.to(self.param.embeddings.device)] = self.param.table[fresh].float()
+        else:
+            self.param.set_ids(fresh, rows)
+        self.age[rows] = 0
+        self.restart[:] = False
+        return None
 
     def __call__(self, acts, values):
         b = values.shape[0]
@@ -288,17 +349,20 @@ class _Watch:
         want = self.targets[items]
         greedy = acts[OUTPUT][:, -want.shape[1]:].argmax(-1).cpu()
         hit = (greedy == want).all(1)
+        won = torch.zeros(0, dtype=torch.long)
         if hit.any():
             rows = hit.nonzero().flatten()
             ok = self.roundtrip(self.param.ids()[items[rows]].cpu())
             won = rows[ok]
-            now = time.perf_counter() - self.start
+            now = time.perf_counter() - self.t0
             for g in self.owner[items[won]].tolist():
                 self.success_at.setdefault(g, now)
-            if self.each:
+            if self.wanted is None and self.each:
                 done[won] = True
-            else:
+            elif self.wanted is None:
                 done |= torch.isin(self.owner[items], self.owner[items[won]])
+        if self.wanted is not None:
+            return self._harvest(items, won)
         return done
 
     def postfix(self, run) -> dict:

@@ -1,5 +1,5 @@
 """What a language model "thinks of" a word, Rumbelow-style: many prompts that make it emit each
-target, collected in batched rounds (:func:`collect`), and the tokens of those prompts ranked
+target, collected in one batched run whose items restart after each success (:func:`collect`), and the tokens of those prompts ranked
 against a baseline by log-odds (:func:`token_table`; :mod:`fvis.lm.logodds`): the prompts found
 for the other targets, or random prompts when there is one target. :func:`write_study` writes
 ``prompts.jsonl``, ``tokens.csv``, ``tokens.json`` and the charts (:mod:`fvis.lm.study_charts`)."""
@@ -48,17 +48,18 @@ class Study:
 
 
 def collect(lm: LanguageModel, targets: Sequence[str], *, prompts: int = 50, restarts: int = 8,
-            time_limit: float = 600.0, round_limit: float = 120.0, round_steps: int = 40, prompt: Prompt | None = None,
-            method="embed", seed: int = 0, out: str | Path | None = None, progress: bool = True) -> Study:
-    """Optimize rounds of ``restarts`` new prompts per unfinished target, all targets in one batch
-    (:func:`invert_many`, each restart finishing on its own success, at most ``round_steps``
-    steps and ``round_limit`` s a round), until every target has ``prompts`` distinct successful real prompts (judged on the
-    re-tokenized text) or ``time_limit`` seconds have passed. With ``out``, each round's prompts are
-    appended to ``out/prompts.jsonl`` and an interrupted study resumes from it."""
+            time_limit: float = 600.0, patience: int = 40, prompt: Prompt | None = None, method="embed",
+            seed: int = 0, out: str | Path | None = None, progress: bool = True) -> Study:
+    """Optimize ``restarts`` prompts per target, all targets in one batch (:func:`invert_many` in
+    harvest mode): every success is recorded and its item starts again from a random prompt
+    (as does an item stuck for ``patience`` steps), until every target has ``prompts`` distinct
+    successful real prompts (judged again on the re-tokenized text) or ``time_limit`` seconds have
+    passed. With ``out``, each prompt is appended to ``out/prompts.jsonl`` when found, and an
+    interrupted study resumes from it."""
     targets = check_targets(targets)
-    if prompts < 1 or restarts < 1 or round_steps < 1 or not time_limit > 0 or not round_limit > 0:
-        raise FvisError(f"a study needs prompts, restarts and round steps >= 1 and time limits > 0, got {prompts}, "
-                        f"{restarts}, {round_steps}, {time_limit} and {round_limit}")
+    if prompts < 1 or restarts < 1 or patience < 1 or not time_limit > 0:
+        raise FvisError(f"a study needs prompts, restarts and patience >= 1 and a time limit > 0, got {prompts}, "
+                        f"{restarts}, {patience} and {time_limit}")
     prompt = prompt or Prompt()
     start = time.perf_counter()
     found: dict[str, dict[str, dict]] = {t: {} for t in targets}
@@ -72,32 +73,35 @@ def collect(lm: LanguageModel, targets: Sequence[str], *, prompts: int = 50, res
                 rounds = max(rounds, rec["round"] + 1)
     bar = progress_bar(total=prompts * len(targets), desc="fvis lm-study", unit="prompt", show=progress)
     bar.update(sum(min(len(v), prompts) for v in found.values()))
+
+    def record(target: str, ids: list) -> None:
+        text = lm.decode(ids)
+        if text in found[target]:
+            return
+        rec = {"target": target, "text": text, "ids": ids, "round": rounds, "length": prompt.length}
+        found[target][text] = rec
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        bar.update(1)
+
     while (todo := [t for t in targets if len(found[t]) < prompts]) and time.perf_counter() - start < time_limit:
         left = time_limit - (time.perf_counter() - start)
         runs = invert_many(lm, todo, prompt=prompt, method=method, seed=seed + 1000 * rounds, progress=False,
-                           each=True, budget=Budget(restarts=restarts, steps=round_steps,
-                                                                    time_limit=min(round_limit, left)))
-        new = []
+                           harvest={t: prompts - len(found[t]) for t in todo}, on_found=record, patience=patience,
+                           budget=Budget(restarts=restarts, time_limit=left))
         for t, inv in zip(todo, runs):
-            for e in inv.restarts:
-                if e.success and e.roundtrip and e.text not in found[t] and len(found[t]) < prompts:
-                    rec = {"target": t, "text": e.text, "ids": e.ids, "p_target": e.p_target, "round": rounds,
-                           "length": prompt.length}
-                    found[t][e.text] = rec
-                    new.append(rec)
-        if log is not None and new:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("a", encoding="utf-8") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in new)
-        bar.update(len(new))
+            for e in inv.harvested:  # judged again on the re-tokenized text
+                if e.text in found[t]:
+                    found[t][e.text].update(p_target=e.p_target, success=bool(e.success and e.roundtrip))
         rounds += 1
     bar.close()
     settings = {"model": lm.name, "length": prompt.length, "prefix": prompt.prefix, "suffix": prompt.suffix,
-                "prompts": prompts, "restarts": restarts, "time_limit": time_limit, "round_limit": round_limit,
-                "round_steps": round_steps,
+                "prompts": prompts, "restarts": restarts, "time_limit": time_limit, "patience": patience,
                 "method": method if isinstance(method, str) else method.name, "seed": seed}
-    return Study(targets, {t: list(v.values()) for t, v in found.items()}, settings, rounds,
-                 time.perf_counter() - start)
+    kept = {t: [r for r in v.values() if r.get("success", True)] for t, v in found.items()}
+    return Study(targets, kept, settings, rounds, time.perf_counter() - start)
 
 
 def random_counts(lm: LanguageModel, target: str, n: int, length: int, ascii_only: bool = False,
