@@ -12,7 +12,7 @@ from fvis import cli  # noqa: E402
 from fvis.errors import FvisError  # noqa: E402
 from fvis.invert import (GCG, OneHotTokens, TokenEmbeddings, allowed_tokens, evaluate_prompt,  # noqa: E402
                          invert)
-from fvis.lm import LanguageModel, load_lm, random_gpt2  # noqa: E402
+from fvis.lm import LanguageModel, load_lm, planted_targets, random_gpt2  # noqa: E402
 from regularizers.snap import Snap, distance, nearest  # noqa: E402
 
 
@@ -106,6 +106,125 @@ def test_evaluate_prompt_metrics(smol):
 
 
 # -- inversion on SmolLM2 --------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["embed", "gcg"])
+def test_planted_target_found_and_bans_respected(smol, method):
+    target = planted_targets(smol, 1, seed=3)[0]
+    before = _state(smol)
+    inv = invert(smol, target, method=method, length=3, steps=40, time_limit=40, seed=0, progress=False)
+    assert _state(smol) == before  # modes, requires_grad and hooks as found
+    best = inv.best
+    assert best.success and best.roundtrip, (target, best)
+    assert smol.decode(best.retokenized) == best.text
+    allowed = allowed_tokens(smol, target)
+    for r in inv.restarts:
+        assert r.banned_tokens == [] and all(bool(allowed[i]) for i in r.ids)
+    assert inv.stopped == "success" and inv.seconds_to_success is not None
+
+
+def test_gcg_step_scores_candidates_and_keeps_one_hot(smol):
+    target = smol.encode(" Paris")
+    ctx = smol.with_context(smol.encode("The capital of France is"), [], tail=[], keep=1)
+    allowed = allowed_tokens(smol, " Paris")
+    param = OneHotTokens(smol, length=1, restarts=2, allowed=allowed, seed=0)
+    import fvis
+    from fvis.policies import PerItem
+
+    res = fvis.optimize(ctx, lang.target_logprob(target), param, steps=2, progress=False, policies=[PerItem(keep_best=True)],
+                        optimizer=lambda ps: GCG(ps, param, topk=16, candidates=8, seed=0))
+    assert torch.equal(param.onehot.sum(-1), torch.ones(2, 1)) and set(param.onehot.unique().tolist()) == {0.0, 1.0}
+    assert all(bool(allowed[i]) for i in param.ids().flatten().tolist())
+    assert res.history["objective"][-1].max() >= res.history["objective"][0].max()
+
+
+def test_neuron_objective_raises_the_neuron_on_the_discrete_prompt(smol):
+    objective = lang.mlp_neuron(smol, 3, 100)
+    inv = invert(smol, objective=objective, method="gcg", length=3, steps=5, candidates=24, seed=0, progress=False)
+    assert inv.best.roundtrip and inv.best.value is not None
+    assert inv.best.value > inv.baseline + 0.1, (inv.best.value, inv.baseline)
+    # the reported value is the neuron measured on the re-tokenized real prompt
+    ev = evaluate_prompt(smol, inv.best.ids, objective=objective)
+    assert ev.value == pytest.approx(inv.best.value, abs=1e-4)
+
+
+def test_neuron_specs_and_errors(smol):
+    assert lang.parse_neuron(smol, "mlp.2:5").layers == {"model.layers.2.mlp.act_fn", "model.layers.2.mlp.up_proj"}
+    assert lang.parse_neuron(smol, "resid.2:5").layers == {"model.layers.2"}
+    with pytest.raises(FvisError, match="out of range"):
+        lang.mlp_neuron(smol, 99, 0)
+    with pytest.raises(FvisError, match="LAYER:INDEX"):
+        lang.parse_neuron(smol, "mlp3")
+    with pytest.raises(FvisError, match="unknown layer"):
+        invert(smol, objective=lang.parse_neuron(smol, "model.layers.2.mlpp:3"), steps=1, progress=False)
+    with pytest.raises(FvisError, match="out of range"):
+        invert(smol, objective=lang.mlp_neuron(smol, 2, 10**6), steps=1, progress=False)
+
+
+def test_bad_inputs_one_line_errors(smol, tmp_path, capsys):
+    with pytest.raises(FvisError, match="empty"):
+        invert(smol, "", progress=False)
+    with pytest.raises(FvisError, match="length"):
+        invert(smol, " Paris", length=0, progress=False)
+    with pytest.raises(FvisError, match="no input embedding"):
+        LanguageModel(torch.nn.Linear(2, 2), smol.tokenizer)
+    with pytest.raises(FvisError, match="no such model|could not"):
+        load_lm(str(tmp_path / "missing" / "model"))
+    for argv in (["--target", " Paris", "--length", "0"], ["--neuron", "mlp.99:1"], ["--target", ""]):
+        code = cli.main(["invert", "--model", "smollm2-135m", "--out", str(tmp_path / "o"), "--quiet", *argv])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("fvis: error:") and "\n" not in err, err
+
+
+# -- GPT-2 path ------------------------------------------------------------------------------------
+def test_gpt2_path_end_to_end(gpt2_dir, tmp_path, capsys):
+    lm = load_lm(str(gpt2_dir))
+    assert type(lm.net).__name__ == "GPT2LMHeadModel" and lm.vocab_size == 50257
+    assert lm.encode("Hello world") == [15496, 995]  # the real GPT-2 BPE
+    inv = invert(lm, " hello world", method="gcg", length=2, restarts=2, steps=3, progress=False)
+    assert len(inv.restarts) == 2 and inv.best.p_target is not None and len(inv.best.rank) == 2
+    inv = invert(lm, " hello", method="embed", length=2, restarts=2, steps=3, snap="cosine", progress=False)
+    assert all(r.banned_tokens == [] for r in inv.restarts)
+    neuron = lang.parse_neuron(lm, "mlp.1:7", position="all")
+    assert neuron.layers == {"transformer.h.1.mlp.act"}
+    out = tmp_path / "inv"
+    code = cli.main(["invert", "--model", str(gpt2_dir), "--target", " hello", "--length", "2", "--steps", "2",
+                     "--method", "gcg", "--prefix", "Say:", "--quiet", "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "result.json").read_text())
+    assert data["settings"]["prefix"] == "Say:" and data["best"]["text"] and "roundtrip" in data["best"]
+    assert "p(target)" in capsys.readouterr().out
+    code = cli.main(["invert", "--model", str(gpt2_dir), "--neuron", "mlp.0:3", "--length", "2", "--steps", "2",
+                     "--quiet", "--out", str(out)])
+    assert code == 0 and json.loads((out / "result.json").read_text())["baseline"] is not None
+
+
+def test_invert_settings_grouped_or_by_name_give_the_same_run(gpt2_dir, tmp_path, capsys):
+    """invert()'s grouped settings (Prompt, Gcg/Embed, Budget) and single settings by name are the same
+    run; each group checks its values when built, and the command builds them before loading a model."""
+    from fvis.lm import Budget, Embed, Gcg, Prompt, search_method
+
+    lm = load_lm(str(gpt2_dir))
+    grouped = invert(lm, " hello", prompt=Prompt(length=2, prefix="Say:"), method=Gcg(topk=16, candidates=8),
+                     budget=Budget(restarts=2, steps=2), seed=1, progress=False)
+    named = invert(lm, " hello", length=2, prefix="Say:", method="gcg", topk=16, candidates=8, restarts=2, steps=2,
+                   seed=1, progress=False)
+    assert grouped.settings == named.settings and grouped.settings["topk"] == 16 and grouped.settings["length"] == 2
+    assert [r.ids for r in grouped.restarts] == [r.ids for r in named.restarts]
+    assert search_method("embed", lr=None, snap="cosine") == Embed(snap="cosine")
+    for bad, message in [(lambda: Prompt(length=0), "length must be >= 1"),
+                         (lambda: Budget(steps=0), "steps must be >= 1"),
+                         (lambda: Embed(snap="l1"), "snap must be"),
+                         (lambda: search_method("gcg", lr=3.0), "lr is not a setting of the gcg method"),
+                         (lambda: search_method("gcc"), "Did you mean: gcg"),
+                         (lambda: invert(lm, " hi", lenght=2), "no setting 'lenght'. Did you mean: length")]:
+        with pytest.raises(FvisError, match=message):
+            bad()
+    code = cli.main(["invert", "--model", "no-such-model", "--target", " hi", "--method", "gcg", "--lr", "3",
+                     "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "lr is not a setting of the gcg method" in err and err.count("\n") == 1
+
+
+# -- many targets in one batch ---------------------------------------------------------------------
 def test_per_item_target_objective_scores_each_item_against_its_own_target(smol):
     """A (B, n) target gives each row its own target, also for a subset of the batch (acts.rows)."""
     from fvis.hooks import Capture

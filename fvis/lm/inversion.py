@@ -22,7 +22,6 @@ Results are judged honestly (:func:`fvis.lm.evaluate_prompt`).
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, fields, replace
 from typing import Callable, Sequence
@@ -35,14 +34,15 @@ from regularizers.snap import Snap
 
 from ..engine import optimize
 from ..errors import FvisError, suggest
-from ..hooks import OUTPUT, Capture, frozen
+from ..hooks import Capture, frozen
 from ..optim import GCG, SnapSearch
 from ..params import OneHotTokens, TokenEmbeddings
 from ..params.tokens import _init_ids
-from ..policies import PerItem, Policy, ProgressBar, TimeLimit
+from ..policies import PerItem, ProgressBar, TimeLimit
 from .evaluation import PromptEval, evaluate_prompt
 from .model import LanguageModel
 from .settings import Budget, Embed, Gcg, Prompt, check_targets, search_method
+from .success import SuccessWatch
 from .vocab import allowed_tokens
 
 _PROMPT = {"length", "prefix", "suffix", "init", "ascii_only"}
@@ -165,7 +165,7 @@ def invert_many(lm: LanguageModel, targets: Sequence[str], *, prompt: Prompt | N
         objective = lang.target_logprob(item_target if len(group) > 1 else ids[group[0]], name="logp(target)")
         ctx = lm.with_context(prefix_ids, suffix_ids, tail=list(tail), keep=n)
         group_budget = replace(budget, restarts=len(group) * budget.restarts)
-        watch = _Watch(item_target, owner, None, budget.stop_on_success and _discrete(method), each, t0)
+        watch = SuccessWatch(item_target, owner, None, budget.stop_on_success and _discrete(method), each, t0)
         if harvest is not None:
             watch.harvest_into([harvest.get(t, 0) for t in group], allowed, prompt.length, seed, patience,
                                None if on_found is None else lambda g, row: on_found(group[g], row))
@@ -230,7 +230,7 @@ def _optimize(lm, ctx, objective, prompt, budget, method, allowed, init_ids, see
     active = lambda: ~per_item.done  # noqa: E731  (finished items get no candidates)
     param, optimizer, regs, lr = _search(lm, method, prompt.length, budget.restarts, allowed, init_ids, keep, seed,
                                          active)
-    watch = watch or _Watch(None, None, None, False, False, start)
+    watch = watch or SuccessWatch(None, None, None, False, False, start)
     watch.param, watch.roundtrip = param, keep
     per_item.stop = watch
     policies = [per_item, watch]
@@ -278,99 +278,6 @@ def _roundtrip_filter(lm: LanguageModel, prefix: list, suffix: list) -> Callable
         return torch.tensor([list(e) == prefix + r + suffix for e, r in zip(enc, rows)], dtype=torch.bool)
 
     return keep
-
-
-class _Watch(Policy):
-    """The per-item ``stop`` callable: success of each forwarded item's real-token prompt (greedy
-    next tokens equal to its own target, text round-trip). ``owner``: the target index of each
-    item; a success finishes every item of that target (``each``: only the item itself). It also
-    keeps the best value so far for the progress bar. ``param`` and ``roundtrip`` are set by the
-    run. In harvest mode (:meth:`harvest_into`) it is also the policy that restarts items."""
-
-    def __init__(self, targets, owner, param, use_success, each, start):
-        self.targets, self.owner, self.param = targets, owner, param
-        self.use_success, self.each, self.t0 = use_success, each, start
-        self.roundtrip = None
-        self.best = -math.inf
-        self.success_at: dict[int, float] = {}
-        self.reason: str | None = None
-        self.wanted = None
-        self.harvested: dict[int, list] = {}
-
-    def harvest_into(self, wanted, allowed, length, seed, patience, judge):
-        """Harvest mode: up to ``wanted[g]`` distinct prompts per target ``g`` (``found(g, ids)`` is
-        called for each); successful or stuck (``patience`` steps) items restart."""
-        self.wanted, self.allowed, self.length, self.patience, self.found = wanted, allowed, length, patience, judge
-        self.generator = torch.Generator().manual_seed(seed + 7919)
-        self.age = torch.zeros(len(self.owner), dtype=torch.long)
-        self.restart = torch.zeros(len(self.owner), dtype=torch.bool)
-        self.seen: set = set()
-
-    def _full(self, g: int) -> bool:
-        return len(self.harvested.get(g, [])) >= self.wanted[g]
-
-    def _harvest(self, items, won):
-        for i in items[won].tolist():
-            g, row = int(self.owner[i]), self.param.ids()[i].cpu().tolist()
-            if not self._full(g) and (g, tuple(row)) not in self.seen:
-                self.seen.add((g, tuple(row)))
-                self.harvested.setdefault(g, []).append(row)
-                if self.found is not None:
-                    self.found(g, row)
-        self.age[items] += 1
-        self.restart[items[won]] = True
-        self.restart |= self.age >= self.patience
-        full = torch.tensor([self._full(int(g)) for g in self.owner])
-        self.restart &= ~full
-        return full[items]
-
-    @torch.no_grad()
-    def after_step(self, run) -> None:
-        """Harvest mode: the items that succeeded or got stuck start again from random prompts."""
-        if self.wanted is None or not self.restart.any():
-            return None
-        rows = self.restart.nonzero().flatten()
-        fresh = _init_ids(self.allowed, len(rows), self.length, None, self.generator).to(self.allowed.device)
-        if isinstance(self.param, TokenEmbeddings):
-            self.param.embeddings[rows.to(self.param.embeddings.device)] = self.param.table[fresh].float()
-        else:
-            self.param.set_ids(fresh, rows)
-        self.age[rows] = 0
-        self.restart[:] = False
-        return None
-
-    def __call__(self, acts, values):
-        b = values.shape[0]
-        self.best = max(self.best, float(values.max()))
-        done = torch.zeros(b, dtype=torch.bool)
-        if not self.use_success:
-            return done
-        items = torch.arange(len(self.owner)) if acts.items is None else acts.items.cpu()
-        want = self.targets[items]
-        greedy = acts[OUTPUT][:, -want.shape[1]:].argmax(-1).cpu()
-        hit = (greedy == want).all(1)
-        won = torch.zeros(0, dtype=torch.long)
-        if hit.any():
-            rows = hit.nonzero().flatten()
-            ok = self.roundtrip(self.param.ids()[items[rows]].cpu())
-            won = rows[ok]
-            now = time.perf_counter() - self.t0
-            for g in self.owner[items[won]].tolist():
-                self.success_at.setdefault(g, now)
-            if self.wanted is None and self.each:
-                done[won] = True
-            elif self.wanted is None:
-                done |= torch.isin(self.owner[items], self.owner[items[won]])
-        if self.wanted is not None:
-            return self._harvest(items, won)
-        return done
-
-    def postfix(self, run) -> dict:
-        """The progress bar's label: the best p(target) (or objective) so far, targets found."""
-        if self.targets is not None:
-            return {"best p(target)": f"{math.exp(self.best):.3g}",
-                    "found": f"{len(self.success_at)}/{int(self.owner.max()) + 1}"}
-        return {"best objective": f"{self.best:.3g}"}
 
 
 @torch.no_grad()

@@ -60,7 +60,7 @@ def write_report(topk: dict, out: str | Path, prompts: dict | None = None) -> li
         md.append("")
     head = (f"Top {len(topk['snippets'])} of {topk['tokens']} token positions in {topk['documents']} document(s) "
             f"(windows of {topk['window']} tokens; corpus median {topk['median']:.4g})")
-    md += [f"## Corpus top-k", "", head + "; the activating token is in **bold** between « ».", "",
+    md += ["## Corpus top-k", "", head + "; the activating token is in **bold** between « ».", "",
            "| # | value | document:token | context |", "|---:|---:|---|---|"]
     page += [f"<h2>Corpus top-k</h2><p>{html.escape(head)}; the activating token is highlighted.</p>",
              "<table><tr><th>#</th><th>value</th><th>document:token</th><th>context</th></tr>"]
