@@ -277,3 +277,18 @@ def test_targets_file_and_its_errors(smol, tmp_path, capsys):
         code = cli.main(["invert", "--model", "no-such-model", "--out", str(tmp_path / "o"), *argv])
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_invert_command_with_many_targets(gpt2_dir, tmp_path, capsys):
+    targets = tmp_path / "targets.txt"
+    targets.write_text(" world\n hello there\n", encoding="utf-8")
+    out = tmp_path / "many"
+    code = cli.main(["invert", "--model", str(gpt2_dir), "--target", " hello", "--targets", str(targets), "--length", "2",
+                     "--restarts", "2", "--steps", "2", "--quiet", "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "result.json").read_text())["targets"]
+    assert [d["settings"]["target"] for d in data] == [" hello", " world", " hello there"]
+    assert [d["settings"]["batch"] for d in data] == [4, 4, 2]  # one-token targets share a batch
+    assert all(len(d["restarts"]) == 2 for d in data)
+    printed = capsys.readouterr().out
+    assert "target ' world':" in printed and "/3 targets found" in printed

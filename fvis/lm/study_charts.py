@@ -29,8 +29,9 @@ def _bars(ax, labels, z, counts, colour, title):
 
 
 def token_chart(target: str, entry: dict, path, top: int = 20) -> Path | None:
-    """``entry`` (one target of :func:`fvis.lm.study.token_table`): its ``top`` tokens by z."""
-    rows = entry["ranked"][:top]
+    """``entry`` (one target of :func:`fvis.lm.study.token_table`): its ``top`` tokens by z (those
+    with z > 0: the tokens that mark the target's prompts)."""
+    rows = [r for r in entry["ranked"] if r["z"] > 0][:top]
     fig = _figure(path, figsize=(6.5, 1.2 + 0.28 * max(len(rows), 1)))
     if fig is None:
         return None
