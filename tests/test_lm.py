@@ -292,3 +292,14 @@ def test_invert_command_with_many_targets(gpt2_dir, tmp_path, capsys):
     assert all(len(d["restarts"]) == 2 for d in data)
     printed = capsys.readouterr().out
     assert "target ' world':" in printed and "/3 targets found" in printed
+
+
+def test_defaults_finish_under_their_time_budget(gpt2_dir):
+    """No step count given: the default budget (a million steps) ends on its time limit."""
+    from fvis.lm import Budget
+
+    lm = load_lm(str(gpt2_dir))
+    assert Budget().steps >= 10**6 and Budget().time_limit == 60
+    inv = invert(lm, " hello world", time_limit=4.0, progress=False)
+    assert inv.stopped in ("time", "success") and 1 <= inv.steps < 10**6
+    assert inv.seconds < 4.0 + 3.0, inv.seconds  # the limit counts set-up; only the final judging comes after
