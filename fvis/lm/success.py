@@ -45,8 +45,9 @@ class SuccessWatch(Policy):
         return len(self.harvested.get(g, [])) >= self.wanted[g]
 
     def _harvest(self, items, won):
+        ids = self.param.ids().cpu() if len(won) else None
         for i in items[won].tolist():
-            g, row = int(self.owner[i]), self.param.ids()[i].cpu().tolist()
+            g, row = int(self.owner[i]), ids[i].tolist()
             if not self._full(g) and (g, tuple(row)) not in self.seen:
                 self.seen.add((g, tuple(row)))
                 self.harvested.setdefault(g, []).append(row)
