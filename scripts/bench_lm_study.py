@@ -104,7 +104,8 @@ def study(args):
            + f" --prompts {s['prompts']} --restarts {s['restarts']} --time-limit {s['time_limit']:g} "
            f"--patience {s['patience']} --out {args.study}")
     lines = [f"# Prompt study: {' vs '.join(repr(t) for t in data['targets'])} (SmolLM2-135M, 3-token prompts)", "",
-             f"`{cmd}` (not timed; a shared core), resumed {data['rounds'] - 1} time(s); last run {data['seconds']:.0f} s.", ""]
+             f"`{cmd}` (not timed; core 1, shared with other jobs): {data['rounds']} optimization run(s) over the "
+             f"study's resumptions, the last one {data['seconds']:.0f} s.", ""]
     for t, entry in data["targets"].items():
         lines += [f"## {t!r}: {entry['prompts']} successful prompts (wanted {s['prompts']})", "",
                   f"Baseline: {entry['baseline']} ({entry['baseline_tokens']} tokens); prior {entry['prior']:g}.", "",
