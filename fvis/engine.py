@@ -82,9 +82,11 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
 
     ``optimizer``: a name in :data:`OPTIMIZERS`, a factory ``f(params)``, or a factory of a
     search optimizer (:class:`fvis.optim.SearchOptimizer`, e.g. GCG), stepped as
-    ``opt.step(score)`` where ``score(x) -> (N,)`` is the objective minus penalties of any N
-    model inputs ``x`` (no gradients, no transforms; the run's hooks and truncation). The
-    objective must not depend on batch positions (no ``.on()``) for this to make sense.
+    ``opt.step(score)`` where ``score(x, items=None) -> (N,)`` is the objective minus penalties of
+    any N model inputs ``x`` (no gradients, no transforms; the run's hooks and truncation);
+    ``items`` (``(N,)`` batch positions) lets per-item objectives (``acts.rows``, e.g. one target
+    per item) score each row as the item it stands for; without it the objective must not
+    depend on batch positions (no ``.on()``).
     An optimizer with ``uses_gradient = False`` (the Square attack) gets forward passes only:
     the loop runs without autograd and never calls ``backward()``.
     """
@@ -146,7 +148,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                 if uses_gradient:
                     loss.backward()
                 if scores_inputs:  # scores candidates exactly
-                    opt.step(lambda x_eval: _score(capture, objective, regularizers, x_eval))
+                    opt.step(lambda x_eval, items=None: _score(capture, objective, regularizers, x_eval, items, batch))
                 else:
                     opt.step()
                 param.after_step()
@@ -188,9 +190,14 @@ def _check(objective, regularizers, acts) -> bool:
 
 
 @torch.no_grad()
-def _score(capture: Capture, objective, regularizers, x: torch.Tensor) -> torch.Tensor:
-    """Objective minus penalties ``(N,)`` for the N rows of ``x`` (for ``scores_inputs`` optimizers)."""
+def _score(capture: Capture, objective, regularizers, x: torch.Tensor, items: torch.Tensor | None = None,
+           batch: int | None = None) -> torch.Tensor:
+    """Objective minus penalties ``(N,)`` for the N rows of ``x`` (for ``scores_inputs`` optimizers);
+    ``items``: ``(N,)`` the batch position each row stands for (per-item objectives pick their
+    constants with ``acts.rows``), ``None``: rows are not tied to items."""
     acts = capture.forward(x)
+    if items is not None:
+        acts = acts.of(torch.as_tensor(items), batch)
     value = objective(acts)
     for r in regularizers:
         if (p := r.penalty(x, acts)) is not None:

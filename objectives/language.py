@@ -18,20 +18,24 @@ from .base import Objective
 POSITIONS = ("last", "all")
 
 
-def target_logprob(target: Sequence[int], name: str | None = None) -> Objective:
+def target_logprob(target: Sequence[int] | torch.Tensor, name: str | None = None) -> Objective:
     """Log-probability of the token sequence ``target`` after the prompt, by teacher forcing:
     ``sum_j log p(target[j] | prompt, target[:j])``. Needs the model output to hold the logits of
     the last ``len(target)`` positions, i.e. a :class:`LanguageModel` whose ``tail`` is
-    ``target[:-1]`` (``fvis.invert`` sets this up)."""
-    ids = torch.as_tensor(list(target), dtype=torch.long)
+    ``target[:-1]`` (``fvis.invert`` sets this up). A 2-D ``target`` ``(B, n)`` gives each batch
+    item its own target (picked with ``acts.rows``, so finished items may leave the batch); the
+    model's tail must then suit every row (targets that differ in their last token only)."""
+    ids = torch.as_tensor(target if isinstance(target, torch.Tensor) else list(target), dtype=torch.long)
     if ids.numel() == 0:
         raise FvisError("the target has no tokens")
-    n = ids.numel()
+    per_item = ids.dim() == 2
+    n = ids.shape[-1]
 
     def fn(acts):
         logits = acts[OUTPUT][:, -n:].float()
         logp = torch.log_softmax(logits, -1)
-        return logp.gather(-1, ids.to(logp.device).view(1, n, 1).expand(logp.shape[0], n, 1)).sum((1, 2))
+        rows = acts.rows(ids) if per_item else ids.view(1, n).expand(logp.shape[0], n)
+        return logp.gather(-1, rows.to(logp.device)[..., None]).sum((1, 2))
 
     def check(acts):
         out = acts[OUTPUT]
@@ -39,19 +43,25 @@ def target_logprob(target: Sequence[int], name: str | None = None) -> Objective:
             raise FvisError(f"target of {n} tokens needs (B, >= {n}, V) logits, got {tuple(out.shape)}")
         if int(ids.max()) >= out.shape[-1]:
             raise FvisError(f"target token {int(ids.max())} out of range for a vocabulary of {out.shape[-1]}")
+        if per_item and ids.shape[0] != acts.total:
+            raise FvisError(f"{ids.shape[0]} per-item targets for a batch of {acts.total}")
 
-    return Objective(fn, [OUTPUT], name or f"logp:{'+'.join(map(str, ids.tolist()))}", check)
+    label = "per-item" if per_item else "+".join(map(str, ids.tolist()))
+    return Objective(fn, [OUTPUT], name or f"logp:{label}", check)
 
 
 def _positions(act: torch.Tensor, position) -> torch.Tensor:
-    """``(B, T, ...)`` -> ``(B, ...)``: one position, or the mean over all."""
+    """``(B, T, ...)`` -> ``(B, ...)``: one position, or the mean over all; ``"each"``: every
+    position, ``(B, T, ...)`` unchanged (for scans of a corpus, not for optimizing)."""
+    if position == "each":
+        return act
     if position == "all":
         return act.mean(1)
     return act[:, -1 if position == "last" else int(position)]
 
 
 def _check_position(layer: str, position):
-    if position in POSITIONS:
+    if position in POSITIONS or position == "each":
         return
     if not isinstance(position, int):
         raise FvisError(f"position must be 'last', 'all' or an integer, got {position!r}")

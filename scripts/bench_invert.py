@@ -36,19 +36,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def planted(lm, n: int, seed: int) -> list[str]:
-    from fvis.invert import allowed_tokens
+    from fvis.lm import planted_targets
 
-    pool = allowed_tokens(lm, None, ascii_only=True).nonzero().flatten()
-    g = torch.Generator().manual_seed(seed)
-    out: list[str] = []
-    while len(out) < n:
-        ids = pool[torch.randint(len(pool), (3,), generator=g)].tolist()
-        with torch.no_grad():
-            nxt = int(lm.logits_of_ids(ids, keep=1)[0, -1].argmax())
-        text = lm.decode([nxt])
-        if text.strip() and lm.encode(text) == [nxt] and text not in out:
-            out.append(text)
-    return out
+    return planted_targets(lm, n, seed)
 
 
 def words(lm, n: int, seed: int) -> list[str]:

@@ -12,7 +12,7 @@ from fvis import cli  # noqa: E402
 from fvis.errors import FvisError  # noqa: E402
 from fvis.invert import (GCG, OneHotTokens, TokenEmbeddings, allowed_tokens, evaluate_prompt,  # noqa: E402
                          invert)
-from fvis.lm import LanguageModel, load_lm, random_gpt2  # noqa: E402
+from fvis.lm import LanguageModel, load_lm, planted_targets, random_gpt2  # noqa: E402
 from regularizers.snap import Snap, distance, nearest  # noqa: E402
 
 
@@ -106,17 +106,9 @@ def test_evaluate_prompt_metrics(smol):
 
 
 # -- inversion on SmolLM2 --------------------------------------------------------------------------
-def _planted(lm, seed):
-    allowed = allowed_tokens(lm, None, ascii_only=True)
-    pool = allowed.nonzero().flatten()
-    ids = pool[torch.randint(len(pool), (3,), generator=torch.Generator().manual_seed(seed))].tolist()
-    with torch.no_grad():
-        return lm.decode([int(lm.logits_of_ids(ids, keep=1)[0, -1].argmax())])
-
-
 @pytest.mark.parametrize("method", ["embed", "gcg"])
 def test_planted_target_found_and_bans_respected(smol, method):
-    target = _planted(smol, 3)
+    target = planted_targets(smol, 1, seed=3)[0]
     before = _state(smol)
     inv = invert(smol, target, method=method, length=3, steps=40, time_limit=40, seed=0, progress=False)
     assert _state(smol) == before  # modes, requires_grad and hooks as found
@@ -230,3 +222,84 @@ def test_invert_settings_grouped_or_by_name_give_the_same_run(gpt2_dir, tmp_path
                      "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "lr is not a setting of the gcg method" in err and err.count("\n") == 1
+
+
+# -- many targets in one batch ---------------------------------------------------------------------
+def test_per_item_target_objective_scores_each_item_against_its_own_target(smol):
+    """A (B, n) target gives each row its own target, also for a subset of the batch (acts.rows)."""
+    from fvis.hooks import Capture
+
+    targets = [smol.encode(t) for t in (" house", " river", ",")]
+    ids = torch.tensor([[5, 1000, 4000], [123, 7, 3000], [77, 888, 9999]])
+    ctx = smol.with_context([], [], tail=[], keep=1)
+    both = lang.target_logprob(torch.tensor(targets))
+    with Capture(ctx, both.layers) as cap:
+        acts = cap.forward(smol.embed(ids).float())
+        per_item = both(acts)
+        singles = torch.stack([lang.target_logprob(t)(acts)[i] for i, t in enumerate(targets)])
+        sub = both(cap.forward(smol.embed(ids[[2, 0]]).float()).of(torch.tensor([2, 0]), 3))
+    assert torch.allclose(per_item, singles) and torch.allclose(sub, singles[[2, 0]])
+    assert len(set(per_item.tolist())) == 3
+
+
+def test_planted_targets_found_inside_a_batch_of_others(smol, tmp_path, capsys):
+    from fvis.lm import invert_many, planted_targets
+
+    targets = planted_targets(smol, 3, seed=3)
+    runs = invert_many(smol, targets, restarts=1, time_limit=45, progress=False)
+    assert [r.settings["target"] for r in runs] == targets
+    for r, t in zip(runs, targets):
+        assert r.settings["target_ids"] == smol.encode(t) and r.settings["batch"] == 3
+        again = evaluate_prompt(smol, r.best.ids, smol.encode(t))  # judged on its own target, real tokens
+        assert again.p_target == pytest.approx(r.best.p_target, rel=1e-4) and again.success == r.best.success
+    for r in runs:
+        assert r.best.success and r.best.roundtrip and r.seconds_to_success is not None, r.best
+    result = runs[0].result
+    assert result.done.all() and result.stopped == "done"
+    early = result.done_step < result.done_step.max()  # finished before the others: left the forward pass
+    assert torch.isnan(result.history["objective"][-1, early]).all()
+    assert torch.isfinite(result.history["objective"][-1, ~early]).all()
+
+
+def test_targets_file_and_its_errors(smol, tmp_path, capsys):
+    from fvis.lm import read_targets
+
+    path = tmp_path / "targets.txt"
+    path.write_text(" girl\n\n boy\n", encoding="utf-8")
+    assert read_targets(path) == [" girl", " boy"]
+    (tmp_path / "empty.txt").write_text("\n  \n", encoding="utf-8")
+    (tmp_path / "twice.txt").write_text(" a\n a\n", encoding="utf-8")
+    for argv, message in [(["--targets", str(tmp_path / "missing.txt")], "does not exist"),
+                          (["--targets", str(tmp_path / "empty.txt")], "holds no target"),
+                          (["--targets", str(tmp_path / "twice.txt")], "given twice"),
+                          (["--target", " a", "--neuron", "mlp.1:2"], "not both"),
+                          ([], "give --target")]:
+        code = cli.main(["invert", "--model", "no-such-model", "--out", str(tmp_path / "o"), *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_invert_command_with_many_targets(gpt2_dir, tmp_path, capsys):
+    targets = tmp_path / "targets.txt"
+    targets.write_text(" world\n hello there\n", encoding="utf-8")
+    out = tmp_path / "many"
+    code = cli.main(["invert", "--model", str(gpt2_dir), "--target", " hello", "--targets", str(targets), "--length", "2",
+                     "--restarts", "2", "--steps", "2", "--quiet", "--out", str(out)])
+    assert code == 0
+    data = json.loads((out / "result.json").read_text())["targets"]
+    assert [d["settings"]["target"] for d in data] == [" hello", " world", " hello there"]
+    assert [d["settings"]["batch"] for d in data] == [4, 4, 2]  # one-token targets share a batch
+    assert all(len(d["restarts"]) == 2 for d in data)
+    printed = capsys.readouterr().out
+    assert "target ' world':" in printed and "/3 targets found" in printed
+
+
+def test_defaults_finish_under_their_time_budget(gpt2_dir):
+    """No step count given: the default budget (a million steps) ends on its time limit."""
+    from fvis.lm import Budget
+
+    lm = load_lm(str(gpt2_dir))
+    assert Budget().steps >= 10**6 and Budget().time_limit == 60
+    inv = invert(lm, " hello world", time_limit=4.0, progress=False)
+    assert inv.stopped in ("time", "success") and 1 <= inv.steps < 10**6
+    assert inv.seconds < 4.0 + 3.0, inv.seconds  # the limit counts set-up; only the final judging comes after

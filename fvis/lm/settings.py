@@ -119,3 +119,31 @@ def check_target(target: str | None) -> None:
     """A target text, when given, must not be empty."""
     if target is not None and (not isinstance(target, str) or not target):
         raise FvisError("the target text is empty")
+
+
+def check_targets(targets) -> list[str]:
+    """A list of target texts: at least one, none empty, none twice."""
+    targets = list(targets)
+    if not targets:
+        raise FvisError("no target given")
+    for t in targets:
+        check_target(t)
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:
+        raise FvisError(f"target {twice[0]!r} given twice")
+    return targets
+
+
+def read_targets(path) -> list[str]:
+    """Targets from a text file, one per line, kept exactly (a leading space matters: ``" girl"``);
+    empty lines are skipped. A missing, unreadable or empty file is an error."""
+    try:
+        text = open(path, encoding="utf-8").read()
+    except FileNotFoundError:
+        raise FvisError(f"targets file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FvisError(f"cannot read targets file {str(path)!r}: {e}") from None
+    targets = [line for line in text.splitlines() if line.strip()]
+    if not targets:
+        raise FvisError(f"targets file {str(path)!r} holds no target (one per line)")
+    return targets

@@ -13,6 +13,23 @@ def _norm(text: str) -> str:
     return text.strip().lower()
 
 
+def planted_targets(lm: LanguageModel, n: int, seed: int = 0, length: int = 3) -> list[str]:
+    """``n`` distinct single-token targets that a prompt of ``length`` tokens is known to reach:
+    each is the model's own greedy next token after random printable-ASCII allowed tokens (for
+    benchmarks and tests: a solution exists)."""
+    pool = allowed_tokens(lm, None, ascii_only=True).nonzero().flatten().cpu()
+    g = torch.Generator().manual_seed(seed)
+    out: list[str] = []
+    while len(out) < n:
+        ids = pool[torch.randint(len(pool), (length,), generator=g)].tolist()
+        with torch.no_grad():
+            nxt = int(lm.logits_of_ids(ids, keep=1)[0, -1].argmax())
+        text = lm.decode([nxt])
+        if text.strip() and lm.encode(text) == [nxt] and text not in out:
+            out.append(text)
+    return out
+
+
 def allowed_tokens(lm: LanguageModel, target: str | None = None, ascii_only: bool = False,
                    banned: Sequence[int] = ()) -> torch.Tensor:
     """``(V,)`` bool mask of token ids a prompt may use.

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from ..errors import FvisError
+from .snap_search import _live
 
 if TYPE_CHECKING:  # used through its methods only; the parameterizations sit above the core
     from ..params.tokens import OneHotTokens
@@ -21,15 +22,18 @@ class GCG(torch.optim.Optimizer):
     dropped; all are scored exactly with ``score(embeddings) -> (N,)`` (higher is better, passed
     by :func:`fvis.optimize`); each restart moves to its best candidate (``greedy``: only if it
     beats the current prompt). ``lr`` is unused (kept for the optimizer interface).
+    ``active() -> (R,) bool``: the restarts still searching (finished ones get no candidates);
+    each scored row is passed to ``score`` with its restart's batch position.
     """
 
     scores_inputs = True  # fvis.optimize passes its scoring function to step()
 
     def __init__(self, params, param: OneHotTokens, topk: int = 128, candidates: int = 64, chunk: int = 512,
-                 keep: Callable[[torch.Tensor], torch.Tensor] | None = None, greedy: bool = False, seed: int = 0):
+                 keep: Callable[[torch.Tensor], torch.Tensor] | None = None, greedy: bool = False, seed: int = 0,
+                 active: Callable[[], torch.Tensor] | None = None):
         super().__init__(params, {"lr": 0.0})
         self.param, self.topk, self.candidates, self.chunk = param, int(topk), int(candidates), int(chunk)
-        self.keep, self.greedy = keep, greedy
+        self.keep, self.greedy, self.active = keep, greedy, active
         self.generator = torch.Generator().manual_seed(seed)
         self.last_scores: torch.Tensor | None = None
 
@@ -55,14 +59,16 @@ class GCG(torch.optim.Optimizer):
         if self.greedy:
             cand = torch.cat([cur[:, None, :], cand], 1)  # the current prompt competes too
         flat = cand.reshape(-1, k)
-        ok = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
-        if self.keep is not None:
-            ok = torch.as_tensor(self.keep(flat), dtype=torch.bool, device=flat.device)
+        per = cand.shape[1]
+        live = _live(self.active, r).to(flat.device).repeat_interleave(per)
+        ok = live.clone()
+        if self.keep is not None and live.any():
+            ok[live] = torch.as_tensor(self.keep(flat[live]), dtype=torch.bool, device=flat.device)
         values = torch.full((flat.shape[0],), -torch.inf, device=flat.device)
         idx = ok.nonzero().flatten()
         for s in range(0, len(idx), self.chunk):
             part = idx[s:s + self.chunk]
-            values[part] = score(p.embed(flat[part])).float()
+            values[part] = score(p.embed(flat[part]), part // per).float()
         values = values.view(r, -1)
         best = values.argmax(1)
         found = torch.isfinite(values[torch.arange(r), best])  # a restart with no valid candidate stays

@@ -11,8 +11,9 @@ import torch
 class SearchOptimizer(Protocol):
     """An optimizer that scores candidate inputs exactly instead of (only) following the
     gradient (GCG, snap search). :func:`fvis.optimize` calls ``zero_grad()``, computes the
-    gradient, then ``step(score)`` with ``score(x) -> (N,)``: objective minus penalties of N
-    model inputs. ``scores_inputs`` is ``True``."""
+    gradient, then ``step(score)`` with ``score(x, items=None) -> (N,)``: objective minus
+    penalties of N model inputs (``items``: the batch position each row stands for, for
+    per-item objectives). ``scores_inputs`` is ``True``."""
 
     scores_inputs: bool
 

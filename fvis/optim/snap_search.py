@@ -22,14 +22,17 @@ class SnapSearch(torch.optim.Optimizer):
     embedding, are filtered by ``keep`` (text round-trip) and scored exactly with ``score``
     (passed by :func:`fvis.optimize`); each restart hard-snaps the changed positions to its best
     candidate (``greedy``: only if it beats the current prompt). ``candidates=0``: no scored snap
-    (with ``rule="adam"``: plain PEZ).
+    (with ``rule="adam"``: plain PEZ). ``active() -> (R,) bool``: the restarts still searching
+    (finished ones get no candidates and stay as they are); each scored row is passed to
+    ``score`` with its restart's batch position, for per-item objectives.
     """
 
     scores_inputs = True
 
     def __init__(self, params, param: TokenEmbeddings, lr: float, nearest: int = 16, candidates: int = 32,
                  chunk: int = 512, keep: Callable[[torch.Tensor], torch.Tensor] | None = None, seed: int = 0,
-                 rule: str = "normalized", greedy: bool = True):
+                 rule: str = "normalized", greedy: bool = True,
+                 active: Callable[[], torch.Tensor] | None = None):
         params = list(params)
         self.greedy = greedy
         super().__init__(params, {"lr": lr})
@@ -37,6 +40,7 @@ class SnapSearch(torch.optim.Optimizer):
         self.inner = torch.optim.Adam(params, lr=lr) if rule == "adam" else None
         self.param, self.nearest, self.candidates, self.chunk, self.keep = param, nearest, candidates, chunk, keep
         self.generator = torch.Generator().manual_seed(seed)
+        self.active = active
 
     def zero_grad(self, set_to_none: bool = True):
         (self.inner or super()).zero_grad(set_to_none=set_to_none)
@@ -76,15 +80,16 @@ class SnapSearch(torch.optim.Optimizer):
             cand.scatter_(2, pos[..., None], new[..., None])
         cand = torch.cat([cur[:, None, :], cand], 1)
         flat = cand.reshape(-1, k)
-        ok = torch.ones(flat.shape[0], dtype=torch.bool)
-        if self.keep is not None:
-            ok = torch.as_tensor(self.keep(flat), dtype=torch.bool)
-        ok.view(r, -1)[:, 0] = True
+        live = _live(self.active, r).repeat_interleave(c + 1)
+        ok = live.clone()
+        if self.keep is not None and live.any():
+            ok[live] = torch.as_tensor(self.keep(flat[live]), dtype=torch.bool)
+        ok.view(r, -1)[:, 0] = live.view(r, -1)[:, 0]
         values = torch.full((flat.shape[0],), -torch.inf)
         idx = ok.nonzero().flatten()
         for s in range(0, len(idx), self.chunk):
             part = idx[s:s + self.chunk]
-            values[part] = score(table[flat[part]].float()).float().cpu()
+            values[part] = score(table[flat[part]].float(), part // (c + 1)).float().cpu()
         values = values.view(r, -1)
         if not self.greedy:
             values[:, 0] = -torch.inf
@@ -97,4 +102,6 @@ class SnapSearch(torch.optim.Optimizer):
         return None
 
 
-# -- honest evaluation ----------------------------------------------------------------------------
+def _live(active: Callable[[], torch.Tensor] | None, r: int) -> torch.Tensor:
+    """``(R,)`` bool CPU mask of the restarts still searching (all without ``active``)."""
+    return torch.ones(r, dtype=torch.bool) if active is None else torch.as_tensor(active()).bool().cpu()
