@@ -303,3 +303,9 @@ def test_defaults_finish_under_their_time_budget(gpt2_dir):
     inv = invert(lm, " hello world", time_limit=4.0, progress=False)
     assert inv.stopped in ("time", "success") and 1 <= inv.steps < 10**6
     assert inv.seconds < 4.0 + 3.0, inv.seconds  # the limit counts set-up; only the final judging comes after
+
+
+def test_neuron_report_cells_are_literal_markdown():
+    """Corpus text in report.md cannot turn into links, emphasis, HTML or extra table cells."""
+    from fvis.lm.neuron_report import _md
+    assert _md("[--x 1] *a* _b_ <i> a|b `c`\nd") == "\\[--x 1\\] \\*a\\* \\_b\\_ \\<i\\> a\\|b 'c'\u23ced"

@@ -29,7 +29,10 @@ def read_prompts(path: str | Path, spec: str | None = None) -> dict:
 
 
 def _md(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'").replace("\n", "\u23ce")
+    """``text`` as literal Markdown table-cell text (no links, emphasis, HTML or line breaks)."""
+    for ch in "\\|[]*_<>":
+        text = text.replace(ch, "\\" + ch)
+    return text.replace("`", "'").replace("\n", "\u23ce")
 
 
 def write_report(topk: dict, out: str | Path, prompts: dict | None = None) -> list[Path]:
