@@ -214,7 +214,8 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
     seed_image = load_image(r.init.split(":", 1)[1], size, model.channels) if r.init.startswith("image:") else None
 
     objective = obj.class_logits(item_classes, log_prob=r.log_prob)
-    regs = [reg.TransformRobustness(flip=r.flip)] if r.transforms else []
+    regs = ([reg.TransformRobustness(jitter=r.jitter, scales=r.scales(), degrees=r.degrees, flip=r.flip)]
+            if r.transforms else [])
     if r.tv or r.high_freq:
         regs.append(reg.FrequencyPenalty(tv=r.tv, high_freq=r.high_freq))
     if r.l2:

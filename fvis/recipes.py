@@ -26,7 +26,9 @@ class Recipe:
     a photo, feature accentuation), ``coarse`` (share of the steps optimized at half resolution
     before the full-resolution image takes over: coarse-to-fine).
     Optimizer: ``steps``, ``lr``, ``lr_schedule`` (constant | cosine: down to 10 % of ``lr``).
-    Transforms: ``transforms`` (Lucid's pad/jitter/scale/rotate), ``flip`` (mirror probability).
+    Transforms: ``transforms`` (Lucid's pad/jitter/scale/rotate), ``flip`` (mirror probability),
+    their strength ``jitter`` (px, first shift), ``scale_range`` (``(lo, hi)``, sampled in steps of
+    0.02) and ``degrees`` (rotation within ``±degrees``).
     Priors: ``tv`` (total variation), ``l2`` (mean squared distance from grey), ``high_freq``
     (high-frequency *energy*, not its share).
     Natural activations: ``match`` is the source (``bn``: BatchNorm running statistics, data-free;
@@ -51,6 +53,9 @@ class Recipe:
     lr_schedule: str = "constant"
     transforms: bool = True
     flip: float = 0.0
+    jitter: int = 8
+    scale_range: tuple = (0.9, 1.1)
+    degrees: float = 10.0
     tv: float = 0.0
     l2: float = 0.0
     high_freq: float = 0.0
@@ -70,8 +75,8 @@ class Recipe:
             raise FvisError(f"recipe {self.name!r}: {field} must be {allowed}, got {value!r}")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name in ("steps",) and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                bad(f.name, v, "a positive integer")
+            if f.name in ("steps", "jitter") and (not isinstance(v, int) or isinstance(v, bool) or v < (f.name == "steps")):
+                bad(f.name, v, "a positive integer" if f.name == "steps" else "an integer >= 0")
             if f.type in ("float", "float | None") and v is not None and (
                     isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
                 bad(f.name, v, "a number >= 0")
@@ -93,6 +98,10 @@ class Recipe:
             bad("coarse", self.coarse, "a share of the steps in [0, 1)")
         if self.param == "maco" and (self.coarse or self.init.startswith("image:")):
             bad("param", self.param, "fourier or pixel with coarse-to-fine or an image start (maco optimizes phase only)")
+        lo_hi = self.scale_range
+        if (not isinstance(lo_hi, tuple) or len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi)
+                or not 0 < lo_hi[0] <= lo_hi[1]):
+            bad("scale_range", lo_hi, "two scale factors 0 < lo <= hi")
         if not 0 <= self.flip <= 1:
             bad("flip", self.flip, "a probability in [0, 1]")
         if isinstance(self.match_layers, str) and self.match_layers not in ("per-block", "all"):
@@ -101,6 +110,12 @@ class Recipe:
             path = source.split(":", 1)[1] if source.startswith(("images:", "image:")) else None
             if path is not None and not Path(path).exists():
                 raise FvisError(f"recipe {self.name!r}: {source.split(':', 1)[0]} path not found: {path}")
+
+    def scales(self) -> tuple[float, ...]:
+        """The transforms' discrete scale factors: ``scale_range`` in steps of 0.02."""
+        lo, hi = self.scale_range
+        n = max(int(round((hi - lo) / 0.02)), 0)
+        return tuple(round(lo + (hi - lo) * i / max(n, 1), 4) for i in range(n + 1))
 
     def replace(self, **changes) -> "Recipe":
         """A copy with ``changes`` (unknown names are one clear error); ``None`` values are ignored."""
@@ -127,6 +142,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            tv=0.25, l2=0.05, coarse=0.5, lr_schedule="cosine"),
     # VITAL-style (2025): whole per-channel distributions (sorted activations) of natural images
     Recipe("vital", match="bn", match_stat="sorted", flip=0.5),
+    # Lucent's recipe with stronger transformation robustness (shift 16 px, scale 0.8-1.2, rotation
+    # 15 degrees, mirror half the time: the range of fvis's held-out transforms, drawn independently)
+    Recipe("robust", jitter=16, scale_range=(0.8, 1.2), degrees=15.0, flip=0.5),
     # feature accentuation (Hamblin et al. 2023): start from a photo, stay on its activation path
     Recipe("accentuate", init="image:", match="seed", match_stat="sorted", steps=256),
 )}

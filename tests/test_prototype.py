@@ -159,6 +159,7 @@ def test_prototype_cli_writes_images_json_index_and_sheet(tmp_path, capsys):
     (["--classes", "94", "--init", "image:/no/such.png"], "path not found"),
     (["--classes", "94", "--match", "images:/no/such/dir"], "images path not found"),
     (["--classes", "94", "--match", "bn", "--match-layers", "_blocks.3"], "not BatchNorm layers"),
+    (["--classes", "94", "--scale-range", "1.2,0.8"], "scale_range must be two scale factors 0 < lo <= hi"),
 ])
 def test_prototype_cli_bad_input(tmp_path, capsys, argv, message):
     rc = main(["prototype", "--model", "efficientnet-lite0", "--steps", "2", "--size", "64", "--quiet",
@@ -166,6 +167,18 @@ def test_prototype_cli_bad_input(tmp_path, capsys, argv, message):
     assert rc == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scale-range", "1.2"], "--scale-range: expected LO,HI"),
+    (["--jitter", "-3"], "--jitter: expected an integer >= 0"),
+])
+def test_prototype_cli_transform_flags_are_checked_by_the_parser(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["prototype", "--model", "efficientnet-lite0", "--classes", "94", "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("fvis: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_well_made_prototypes_are_not_entangled(lite0, tmp_path):

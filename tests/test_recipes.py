@@ -120,10 +120,17 @@ def test_recipe_settings_are_checked_once_with_clear_errors(tmp_path):
         RECIPES["lucent"].replace(stpes=3)
     for bad, message in [({"steps": 0}, "steps"), ({"match": "pixels"}, "match"), ({"coarse": 1.0}, "coarse"),
                          ({"flip": 2.0}, "flip"), ({"match": "seed"}, "init image"), ({"tv": -1.0}, "tv"),
-                         ({"init": "image:/no/such.png"}, "not found"), ({"param": "maco", "coarse": 0.5}, "maco")]:
+                         ({"init": "image:/no/such.png"}, "not found"), ({"param": "maco", "coarse": 0.5}, "maco"),
+                         ({"scale_range": (1.2, 0.8)}, "scale_range"), ({"scale_range": (0.0, 1.0)}, "scale_range"),
+                         ({"jitter": -1}, "jitter"), ({"degrees": -5.0}, "degrees")]:
         with pytest.raises(FvisError, match=message):
             Recipe("x").replace(**bad)
     assert Recipe("x").replace(match_layers=["a", "b"]).settings()["match_layers"] == ["a", "b"]
+    # the transforms' strength: Lucid's by default (old seeds give old images), a range from JSON or the CLI
+    assert Recipe("x").scales() == reg.transforms.DEFAULT_SCALES
+    wide = Recipe("x").replace(scale_range=[0.8, 1.2])
+    assert wide.scale_range == (0.8, 1.2) and wide.scales()[0] == 0.8 and wide.scales()[-1] == 1.2
+    assert len(wide.scales()) == 21 and wide.settings()["scale_range"] == [0.8, 1.2]
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

@@ -1,6 +1,7 @@
 """``fvis prototype``: class prototypes by a named recipe (+ metrics, naturalness, contact sheet)."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ..classes import resolve_class
@@ -11,6 +12,15 @@ from ..prototype import make_prototypes, save_prototypes
 from ..recipes import DEFAULT as DEFAULT_RECIPE, RECIPES, get_recipe
 from ._args import (MODEL_HELP, add_execution_args, add_model_args, add_run_args, load_model, nonnegative_int,
                     positive_int, size)
+
+def scale_range(text: str) -> tuple[float, float]:
+    """``0.8,1.2``: the transforms' smallest and largest scale factor."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers, e.g. 0.8,1.2), got {text!r}") from None
+    return lo, hi
+
 
 HELP = "class prototypes by a named recipe (+ metrics, naturalness, contact sheet)"
 
@@ -32,6 +42,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--init", metavar="random|equidistant|image:PATH", help="start (image:PATH: accentuate a photo)")
     parser.add_argument("--coarse", type=float, help="share of steps at half resolution (coarse-to-fine)")
     parser.add_argument("--flip", type=float, help="probability of mirroring in the transforms")
+    parser.add_argument("--jitter", type=nonnegative_int, help="transforms' random shift in px (recipe's: 8)")
+    parser.add_argument("--scale-range", type=scale_range, metavar="LO,HI", help="transforms' scale factors (recipe's: 0.9,1.1)")
+    parser.add_argument("--degrees", type=float, help="transforms' rotation within +-degrees (recipe's: 10)")
     parser.add_argument("--high-freq", type=float, help="weight of the high-frequency share penalty")
     parser.add_argument("--tv", type=float, help="weight of the total-variation penalty")
     parser.add_argument("--l2", type=float, help="weight of the L2 prior (distance from grey)")
@@ -52,7 +65,7 @@ def run(args) -> None:
     recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(  # every check of the settings, before any work
         steps=args.steps, match=args.match, match_stat=args.match_stat, match_over=args.match_over,
         match_ratio=args.match_ratio, match_layers=layers, param=args.param, init=args.init, coarse=args.coarse,
-        flip=args.flip, high_freq=args.high_freq, tv=args.tv, l2=args.l2, lr=args.lr, diversity=args.diversity)
+        flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, high_freq=args.high_freq, tv=args.tv, l2=args.l2, lr=args.lr, diversity=args.diversity)
     if recipe.match.startswith("images:"):
         list_images(recipe.match.split(":", 1)[1])  # the folder exists and holds images
     if args.reference is not None:
