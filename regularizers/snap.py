@@ -125,6 +125,9 @@ class Snap(Regularizer):
         if torch.is_grad_enabled():
             self.step += 1
         src = self.source(x) if self.source is not None else x
-        if src.shape[0] != x.shape[0]:  # scoring other inputs than the parameterization's (search steps)
-            src = x
+        if src.shape[0] != x.shape[0]:
+            if torch.is_grad_enabled() and acts is not None and src.shape[0] == acts.total:
+                src = acts.rows(src)  # a step over the unfinished items only: their rows of the source
+            else:  # scoring other inputs than the parameterization's (search steps)
+                src = x
         return w * self.distances(src).mean(-1)

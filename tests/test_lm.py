@@ -309,3 +309,25 @@ def test_neuron_report_cells_are_literal_markdown():
     """Corpus text in report.md cannot turn into links, emphasis, HTML or extra table cells."""
     from fvis.lm.neuron_report import _md
     assert _md("[--x 1] *a* _b_ <i> a|b `c`\nd") == "\\[--x 1\\] \\*a\\* \\_b\\_ \\<i\\> a\\|b 'c'\u23ced"
+
+
+def test_snap_source_follows_the_unfinished_items_when_finished_ones_leave_the_batch():
+    """Inversion snaps the projected embedding but penalizes the free one (``source``); a step over
+    the unfinished items only must take those items' rows of the source, not fall back to the
+    projected input (whose distance, and gradient, is exactly zero)."""
+    from fvis.hooks import Activations
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(10, 4, generator=g)
+    free = torch.randn(3, 2, 4, generator=g, requires_grad=True)  # the parameterization's 3 items
+    snap = Snap(table, metric="l2", weight=1.0, source=lambda x: free)
+    todo = torch.tensor([0, 2])
+    projected = table[nearest(free.detach(), table, None, "l2")][todo]  # what param()[todo] gives
+    acts = Activations({}, None, batch=2, items=todo, total=3)
+    penalty = snap.penalty(projected, acts)
+    assert torch.allclose(penalty, snap.distances(free[todo]).mean(-1)) and (penalty > 0).all()
+    penalty.sum().backward()
+    assert free.grad[todo].abs().sum() > 0 and free.grad[1].abs().sum() == 0
+    with torch.no_grad():  # scoring candidates (search steps): the rows are the candidates themselves
+        candidates = torch.randn(5, 2, 4, generator=g)
+        scored = snap.penalty(candidates, Activations({}, None, batch=5, items=torch.tensor([0, 0, 2, 2, 2]), total=3))
+    assert torch.allclose(scored, snap.distances(candidates).mean(-1))
