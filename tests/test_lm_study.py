@@ -106,3 +106,53 @@ def test_harvest_restarts_items_and_collects_distinct_real_prompts(tiny):
         assert len({e.text for e in r.harvested}) == 3
         assert sorted(tuple(e.ids) for e in r.harvested) == sorted(ids for s, ids in seen if s == t)
     assert runs[0].result.stopped == "done"
+
+
+def test_resume_counts_only_successes_of_this_study_and_keeps_the_rest_of_the_file(tiny, tmp_path):
+    """A prompt that failed its second judging does not count (nor is it found again); an unjudged
+    record (the run stopped before judging it) is judged on resume; records of another model and a
+    half-written last line are skipped with one warning; a rewrite of the file keeps other studies' lines."""
+    study = _study(tiny)
+    log = tmp_path / "prompts.jsonl"
+    failed = {"target": " boy", "text": " he sad truck", "ids": tiny.encode(" he sad truck"), "round": 0,
+              "length": 3, "p_target": 0.01, "success": False}
+    unjudged = {"target": " girl", "text": " she big hat", "ids": tiny.encode(" she big hat"), "round": 0, "length": 3}
+    other = {"target": " girl", "text": " x y z", "ids": tiny.encode(" x y z"), "round": 0, "length": 3,
+             "model": "another-model", "success": True}
+    lines = [json.dumps(r) for recs in study.prompts.values() for r in recs]
+    lines += [json.dumps(failed), json.dumps(unjudged), json.dumps(other), '{"target": " girl", "te']
+    log.write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable line.* and 1 record"):
+        again = collect(tiny, [" girl", " boy"], prompts=2, out=tmp_path, progress=False, time_limit=5)
+    texts = {t: [r["text"] for r in recs] for t, recs in again.prompts.items()}
+    assert texts[" boy"] == [" he blue truck", " he plays truck"]  # the failed one is not a success
+    assert texts[" girl"][:2] == [" she pretty dress", " she pink dress"] and " x y z" not in texts[" girl"]
+    with pytest.warns(UserWarning):  # one more wanted: a round runs and the file is rewritten with the verdicts
+        more = collect(tiny, [" girl", " boy"], prompts=3, out=tmp_path, progress=False, time_limit=1.0)
+    assert more.rounds == 2
+    kept = [json.loads(line) for line in log.read_text().splitlines()]
+    assert json.dumps(other) in log.read_text().splitlines()  # another model's record, untouched
+    judged = {r["text"]: r for r in kept}
+    assert judged[" he sad truck"]["success"] is False and isinstance(judged[" she big hat"]["success"], bool)
+    assert all("te" != r.get("target") for r in kept) and len(kept) == len({(r["target"], r["text"]) for r in kept})
+
+
+def test_a_shared_time_limit_covers_every_prefix_group(tiny, monkeypatch):
+    """Targets of several tokens with different prefixes run as batches one after another; with
+    ``shared_time_limit`` (as lm-study uses it) each later batch gets what the earlier ones left,
+    without it each gets the whole limit."""
+    from fvis.lm import inversion
+
+    targets = [" New York", " Los Angeles"]
+    assert tiny.encode(targets[0])[:-1] != tiny.encode(targets[1])[:-1]  # two groups
+    limits, optimize = [], inversion._optimize
+
+    def spy(lm, ctx, objective, prompt, budget, *rest):
+        limits.append(budget.time_limit)
+        return optimize(lm, ctx, objective, prompt, budget, *rest)
+
+    monkeypatch.setattr(inversion, "_optimize", spy)
+    for shared in (False, True):
+        inversion.invert_many(tiny, targets, restarts=1, steps=2, time_limit=30.0, shared_time_limit=shared,
+                              progress=False)
+    assert limits[:3] == [30.0, 30.0, 30.0] and limits[3] < 30.0

@@ -136,7 +136,7 @@ def invert_many(lm: LanguageModel, targets: Sequence[str], *, prompt: Prompt | N
                 method: str | Embed | Gcg = "embed", budget: Budget | None = None, seed: int = 0,
                 progress: bool = True, each: bool = False, harvest: dict | None = None,
                 on_found: Callable[[str, list], None] | None = None, patience: int = 40,
-                **options) -> list[Inversion]:
+                shared_time_limit: bool = False, **options) -> list[Inversion]:
     """:func:`invert` for many ``targets`` at once: every (target, restart) pair is one batch item
     of one :func:`fvis.optimize` run, scored against its own target; finished items leave the
     batch (no forward, no candidates). Returns one :class:`Inversion` per target, in order.
@@ -147,7 +147,7 @@ def invert_many(lm: LanguageModel, targets: Sequence[str], *, prompt: Prompt | N
     The prompt vocabulary bans every target's tokens (the union of :func:`allowed_tokens` bans).
     Targets of several tokens share a batch when they differ in their last token only (the
     teacher-forced tail is the model's); others run as further batches, one after another, each
-    with the full time limit.
+    with the full time limit (``shared_time_limit=True``: all batches together within it).
 
     ``harvest`` (``{target: n}``): collect up to n distinct successful prompts per target in the
     same run: each success (greedy target on the real tokens, text round-trip) is recorded
@@ -181,6 +181,9 @@ def invert_many(lm: LanguageModel, targets: Sequence[str], *, prompt: Prompt | N
         objective = lang.target_logprob(item_target if len(group) > 1 else ids[group[0]], name="logp(target)")
         ctx = lm.with_context(prefix_ids, suffix_ids, tail=list(tail), keep=n)
         group_budget = replace(budget, restarts=len(group) * budget.restarts)
+        if shared_time_limit and budget.time_limit is not None and out:  # later batches: what is left (the
+            # first batch's clock already starts with the call, t0 = start); at least one step
+            group_budget = replace(group_budget, time_limit=max(budget.time_limit - (time.perf_counter() - start), 1e-3))
         watch = SuccessWatch(item_target, owner, None, budget.stop_on_success and _discrete(method), each, t0)
         if harvest is not None:
             watch.harvest_into([harvest.get(t, 0) for t in group], allowed, prompt.length, seed, patience,

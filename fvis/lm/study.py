@@ -61,24 +61,25 @@ def collect(lm: LanguageModel, targets: Sequence[str], *, prompts: int = 50, res
         raise FvisError(f"a study needs prompts, restarts and patience >= 1 and a time limit > 0, got {prompts}, "
                         f"{restarts}, {patience} and {time_limit}")
     prompt = prompt or Prompt()
+    method_name = method if isinstance(method, str) else method.name
+    same = {"model": lm.name, "method": method_name, "length": prompt.length, "prefix": prompt.prefix,
+            "suffix": prompt.suffix}  # a record counts for this study only when all of these agree
     start = time.perf_counter()
     found: dict[str, dict[str, dict]] = {t: {} for t in targets}
     log = Path(out) / PROMPTS if out is not None else None
-    rounds = 0
-    if log is not None and log.exists():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            if rec["target"] in found and rec.get("length") == prompt.length:
-                found[rec["target"]].setdefault(rec["text"], rec)
-                rounds = max(rounds, rec["round"] + 1)
+    rounds, foreign = _resume(lm, log, found, same, prompt) if log is not None and log.exists() else (0, [])
+
+    def ok(t: str) -> int:  # successful prompts so far (those not yet judged again count until they are)
+        return sum(r.get("success", True) is not False for r in found[t].values())
+
     bar = progress_bar(total=prompts * len(targets), desc="fvis lm-study", unit="prompt", show=progress)
-    bar.update(sum(min(len(v), prompts) for v in found.values()))
+    bar.update(sum(min(ok(t), prompts) for t in targets))
 
     def record(target: str, ids: list) -> None:
         text = lm.decode(ids)
         if text in found[target]:
             return
-        rec = {"target": target, "text": text, "ids": ids, "round": rounds, "length": prompt.length}
+        rec = {"target": target, "text": text, "ids": ids, "round": rounds, **same}
         found[target][text] = rec
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -86,22 +87,59 @@ def collect(lm: LanguageModel, targets: Sequence[str], *, prompts: int = 50, res
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         bar.update(1)
 
-    while (todo := [t for t in targets if len(found[t]) < prompts]) and time.perf_counter() - start < time_limit:
+    while (todo := [t for t in targets if ok(t) < prompts]) and time.perf_counter() - start < time_limit:
         left = time_limit - (time.perf_counter() - start)
         runs = invert_many(lm, todo, prompt=prompt, method=method, seed=seed + 1000 * rounds, progress=False,
-                           harvest={t: prompts - len(found[t]) for t in todo}, on_found=record, patience=patience,
-                           budget=Budget(restarts=restarts, time_limit=left))
+                           harvest={t: prompts - ok(t) for t in todo}, on_found=record, patience=patience,
+                           budget=Budget(restarts=restarts, time_limit=left), shared_time_limit=True)
         for t, inv in zip(todo, runs):
             for e in inv.harvested:  # judged again on the re-tokenized text
                 if e.text in found[t]:
                     found[t][e.text].update(p_target=e.p_target, success=bool(e.success and e.roundtrip))
+        if log is not None:  # the verdicts too, so that a resumed study counts what this one counted
+            _rewrite(log, foreign, found)
         rounds += 1
     bar.close()
-    settings = {"model": lm.name, "length": prompt.length, "prefix": prompt.prefix, "suffix": prompt.suffix,
-                "prompts": prompts, "restarts": restarts, "time_limit": time_limit, "patience": patience,
-                "method": method if isinstance(method, str) else method.name, "seed": seed}
+    settings = {**same, "prompts": prompts, "restarts": restarts, "time_limit": time_limit, "patience": patience,
+                "seed": seed}
     kept = {t: [r for r in v.values() if r.get("success", True)] for t, v in found.items()}
     return Study(targets, kept, settings, rounds, time.perf_counter() - start)
+
+
+def _resume(lm: LanguageModel, log: Path, found: dict, same: dict, prompt: Prompt) -> tuple[int, list]:
+    """Load an earlier run's ``prompts.jsonl`` into ``found`` (records of this model, method and
+    prompt shape only); records without a verdict (the run stopped before judging them) are judged
+    now. Unreadable lines (an interrupted write) are skipped with one warning. Returns the next round
+    and the lines of other targets and studies (kept in the file when it is rewritten)."""
+    from .evaluation import evaluate_prompt
+    from .inversion import _context_ids
+    rounds, bad, other, foreign = 0, 0, 0, []
+    prefix_ids, suffix_ids, _ = _context_ids(lm, prompt)
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+            target, text, ids, rnd = rec["target"], rec["text"], list(map(int, rec["ids"])), int(rec["round"])
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+            continue
+        if target not in found or any(rec.get(k, v) != v for k, v in same.items()):
+            other += target in found  # (older records lack the fields: taken as agreeing)
+            foreign.append(line)
+            continue
+        if "success" not in rec and "p_target" not in rec:
+            ev = evaluate_prompt(lm, ids, lm.encode(target), prefix_ids, suffix_ids)
+            rec.update(p_target=ev.p_target, success=bool(ev.success and ev.roundtrip))
+        found[target].setdefault(text, rec)
+        rounds = max(rounds, rnd + 1)
+    if bad or other:
+        warnings.warn(f"fvis: {log}: skipped {bad} unreadable line(s) and {other} record(s) of another model, "
+                      f"method or prompt shape")
+    return rounds, foreign
+
+
+def _rewrite(log: Path, foreign: list, found: dict) -> None:
+    lines = foreign + [json.dumps(r, ensure_ascii=False) for recs in found.values() for r in recs.values()]
+    atomic_write(log, lambda f: f.write(("\n".join(lines) + "\n").encode("utf-8")))
 
 
 def random_counts(lm: LanguageModel, target: str, n: int, length: int, ascii_only: bool = False,
