@@ -31,18 +31,20 @@ def autocast(device: torch.device | str, precision: str):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def compile_reason() -> str | None:
-    """Why ``torch.compile`` cannot run here (``None`` when it can): inductor's CPU code needs a C++ compiler."""
+def compile_reason(device: torch.device | str = "cpu") -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` here (``None`` when it can): inductor's CPU
+    code needs a C++ compiler (its CUDA code does not)."""
     if not hasattr(torch, "compile"):
         return f"torch {torch.__version__} has no torch.compile"
-    if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")) and not torch.cuda.is_available():
+    if torch.device(device).type == "cpu" and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
         return "torch.compile needs a C++ compiler on the CPU (g++ or clang++ not found)"
     return None
 
 
 def compiled(model: nn.Module) -> nn.Module:
-    """``torch.compile(model)``, or a clear error where it cannot run."""
-    reason = compile_reason()
+    """``torch.compile(model)``, or a clear error where it cannot run (on the model's device)."""
+    param = next(model.parameters(), None)
+    reason = compile_reason("cpu" if param is None else param.device)
     if reason is not None:
         raise FvisError(reason)
     return torch.compile(model)

@@ -261,7 +261,8 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
                     "diversity": diversity, "match_weight": None if matching is None else round(matching.weight, 6),
                     "match_layers": None if matching is None else list(matching.layers),
                     "reference": None if reference is None else str(reference), "batch": len(items),
-                    "equidistant_max_p": baseline_p, "evaluators": [e.name for e in evaluators], "stopped": stopped}
+                    "equidistant_max_p": baseline_p, "evaluators": [e.name for e in evaluators], "stopped": stopped,
+                    "precision": precision, "compile": compile}
     history = {n: torch.cat(h) for n, h in history.items()}
     out = []
     for i, (c, k) in enumerate(items):

@@ -8,6 +8,7 @@ What each recipe measured is in results/prototype/ (not here: docstrings describ
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +79,8 @@ class Recipe:
             if f.name in ("steps", "jitter") and (not isinstance(v, int) or isinstance(v, bool) or v < (f.name == "steps")):
                 bad(f.name, v, "a positive integer" if f.name == "steps" else "an integer >= 0")
             if f.type in ("float", "float | None") and v is not None and (
-                    isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
-                bad(f.name, v, "a number >= 0")
+                    isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf):
+                bad(f.name, v, "a finite number >= 0")
         if self.param not in PARAMS:
             bad("param", self.param, " | ".join(PARAMS))
         if not (self.init in ("random", "equidistant") or self.init.startswith("image:")):
@@ -100,7 +101,7 @@ class Recipe:
             bad("param", self.param, "fourier or pixel with coarse-to-fine or an image start (maco optimizes phase only)")
         lo_hi = self.scale_range
         if (not isinstance(lo_hi, tuple) or len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi)
-                or not 0 < lo_hi[0] <= lo_hi[1]):
+                or not 0 < lo_hi[0] <= lo_hi[1] < math.inf):
             bad("scale_range", lo_hi, "two scale factors 0 < lo <= hi")
         if not 0 <= self.flip <= 1:
             bad("flip", self.flip, "a probability in [0, 1]")

@@ -122,7 +122,8 @@ def test_recipe_settings_are_checked_once_with_clear_errors(tmp_path):
                          ({"flip": 2.0}, "flip"), ({"match": "seed"}, "init image"), ({"tv": -1.0}, "tv"),
                          ({"init": "image:/no/such.png"}, "not found"), ({"param": "maco", "coarse": 0.5}, "maco"),
                          ({"scale_range": (1.2, 0.8)}, "scale_range"), ({"scale_range": (0.0, 1.0)}, "scale_range"),
-                         ({"jitter": -1}, "jitter"), ({"degrees": -5.0}, "degrees")]:
+                         ({"jitter": -1}, "jitter"), ({"degrees": -5.0}, "degrees"),
+                         ({"degrees": float("nan")}, "degrees"), ({"scale_range": (0.5, float("inf"))}, "scale_range")]:
         with pytest.raises(FvisError, match=message):
             Recipe("x").replace(**bad)
     assert Recipe("x").replace(match_layers=["a", "b"]).settings()["match_layers"] == ["a", "b"]
