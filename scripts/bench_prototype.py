@@ -74,6 +74,9 @@ def main(argv=None) -> int:
     ap.add_argument("--classes", type=int, default=len(CLASSES), help="how many of the 20 classes")
     ap.add_argument("--seconds", type=float, default=30.0, help="wall-time budget per prototype (default 30)")
     ap.add_argument("--recipes", default="lucent,bn-item,deepinversion,vital,accentuate")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="the same fixed step count for every recipe instead of --seconds (no timed probes): "
+                         "equal steps rather than equal time")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--evaluators", default="efficientnet-lite1,efficientnet-lite2")
@@ -99,18 +102,21 @@ def main(argv=None) -> int:
         if name == "vital":  # VITAL matches real images' activations: the offline photos' crops
             opts["match"] = f"images:{reference}"
         opts.update(overrides.get(name, {}))
-        # timed probes of the same batch at 8 and 16 steps (after an untimed one that pays one-off costs):
-        # their difference is the per-step cost, the rest the recipe's fixed set-up (statistics, balancing)
-        common = dict(recipe=name, seed=args.seed, cache=tmp / "cache", heldout=0, progress=False, **opts)
-        make_prototypes(model, classes[:1], steps=2, **common)
-        probes = {}
-        for n in (8, 16):
-            t = time.perf_counter()
-            make_prototypes(model, classes, steps=n, **common)
-            probes[n] = time.perf_counter() - t
-        per_step = max(probes[16] - probes[8], 1e-3) / 8
-        fixed = max(probes[8] - 8 * per_step, 0.0)
-        steps = max(8, int((args.seconds * len(classes) - fixed) / per_step))
+        if args.steps is not None:
+            steps = args.steps
+        else:
+            # timed probes of the same batch at 8 and 16 steps (after an untimed one that pays one-off costs):
+            # their difference is the per-step cost, the rest the recipe's fixed set-up (statistics, balancing)
+            common = dict(recipe=name, seed=args.seed, cache=tmp / "cache", heldout=0, progress=False, **opts)
+            make_prototypes(model, classes[:1], steps=2, **common)
+            probes = {}
+            for n in (8, 16):
+                t = time.perf_counter()
+                make_prototypes(model, classes, steps=n, **common)
+                probes[n] = time.perf_counter() - t
+            per_step = max(probes[16] - probes[8], 1e-3) / 8
+            fixed = max(probes[8] - 8 * per_step, 0.0)
+            steps = max(8, int((args.seconds * len(classes) - fixed) / per_step))
         t = time.perf_counter()
         protos = make_prototypes(model, classes, steps=steps, recipe=name, seed=args.seed, cache=tmp / "cache",
                                  evaluators=evaluators, progress=not args.quiet, **opts)
@@ -133,7 +139,7 @@ def main(argv=None) -> int:
         blind_folder(protos, name, args.out / "blind", tmp / "keys", args.seed)
     stats = list(photo_ranges())
     lines = [f"EfficientNet-Lite0, {len(classes)} classes {classes} (none used for tuning), seed {args.seed}, "
-             f"{args.seconds:g} s per prototype on {args.device} ({torch.get_num_threads()} threads); evaluators "
+             f"{f'{args.steps} steps' if args.steps else f'{args.seconds:g} s'} per prototype on {args.device} ({torch.get_num_threads()} threads); evaluators "
              f"{args.evaluators}; 32 held-out transforms. Naturalness columns: share of images inside the "
              f"offline photos' range.", "",
              "| recipe | steps | clean_p | robustness | transfer | transfer held-out | HFER | "

@@ -266,3 +266,41 @@ def test_cw_early_abort_per_item_and_whole_batch():
         assert policy.best.shape[0] == KEEP and torch.isinf(policy.l2).all()  # never fooled: nothing kept
     with pytest.raises(FvisError, match="abort_early"):
         cw(Toy(), images(), abort_early="sometimes", progress=False)
+
+
+def test_an_item_stops_only_when_its_saved_8bit_image_succeeds():
+    """Early stop judges what will be saved: a float success that rounding to 8 bits undoes (here a
+    perturbation of 0.4 of a level everywhere, which rounds to nothing) does not end the item's run;
+    one that survives rounding does. Without ``saved`` the float success alone stops it."""
+    from fvis.attacks.base import success_stop
+    from fvis.hooks import Activations
+
+    class Gain(torch.nn.Module):  # logits (0, sum of the change from grey): class 1 wins on any brightening
+        def forward(self, x):
+            d = (x - 128 / 255).flatten(1).sum(1)
+            return torch.stack([torch.zeros_like(d), d], 1)
+
+    model = Gain()
+    clean = torch.full((2, 3, 4, 4), 128 / 255)
+    adv = clean.clone()
+    adv[0] += 0.4 / 255  # rounds back to the clean image
+    adv[1] += 0.6 / 255  # rounds up one level
+    labels = torch.zeros(2, dtype=torch.long)  # untargeted: leave class 0
+    acts = Activations({}, model(adv), batch=2)
+    assert success_stop(labels, False)(acts, None).tolist() == [True, True]  # both succeed in float
+    saved = (model, lambda: adv, clean, 8 / 255, "linf")
+    assert success_stop(labels, False, saved=saved)(acts, None).tolist() == [False, True]
+    # a forward over the unfinished items only: positions in the full batch come from acts.items
+    acts = Activations({}, model(adv[1:]), batch=1, items=torch.tensor([1]), total=2)
+    assert success_stop(labels, False, saved=saved)(acts, None).tolist() == [True]
+
+
+def test_apgd_l2_early_stop_does_not_lose_what_rounding_undoes(lite0, coffee):
+    """At a small L2 ball most of a spread-out perturbation rounds to zero; stopping on float success
+    used to end runs whose 8-bit image then failed, so 10 steps fooled no more than 1."""
+    x = torch.stack([coffee, coffee.flip(-1)])
+    with torch.no_grad():
+        y = lite0(x).argmax(1)
+    stopped = apgd(lite0, x, labels=y, eps=0.25, norm="l2", steps=10, seed=0, progress=False)
+    full = apgd(lite0, x, labels=y, eps=0.25, norm="l2", steps=10, early_stop=False, seed=0, progress=False)
+    assert int(stopped.success.sum()) >= int(full.success.sum())

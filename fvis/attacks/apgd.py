@@ -123,7 +123,8 @@ def _one(model, s, todo, r, *, eps, norm, steps, loss, targets, seed, eot, early
     else:
         objective = objectives.untargeted(cls, loss)
     opt = APGD(param, steps)
-    per_item = PerItem(stop=success_stop(cls, s.targeted) if early_stop else None, keep_best=True, skip_done=True)
+    stop = success_stop(cls, s.targeted, saved=(model, param, s.clean[todo], eps, norm)) if early_stop else None
+    per_item = PerItem(stop=stop, keep_best=True, skip_done=True)
     result = optimize(model, objective, param, [reg.TransformRobustness(copies=eot)] if eot else [], steps=steps,
                       optimizer=lambda params: opt, seed=seed + r, progress=progress,
                       policies=[Feed(opt), per_item, SkipFinalValues()])

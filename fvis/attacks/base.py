@@ -178,12 +178,26 @@ def restarts_loop(model: ImageModel, s: Setup, eps: float, norm: str, restarts: 
                         settings=settings, queries=queries)
 
 
-def success_stop(classes: torch.Tensor, targeted: bool, kappa: float = 0.0):
-    """A ``PerItem`` stop rule: the item's (every copy's) top-1 reaches the goal by margin ``kappa``."""
+def success_stop(classes: torch.Tensor, targeted: bool, kappa: float = 0.0, saved: tuple | None = None):
+    """A ``PerItem`` stop rule: the item's (every copy's) top-1 reaches the goal by margin ``kappa``.
+
+    ``saved = (model, param, clean, eps, norm)``: an item stops only when its saved image, the
+    8-bit :func:`quantize` of ``param()``, succeeds too (one more forward, of the items whose float
+    image just succeeded). Without it a float success that rounding undoes (small L2 balls: most
+    of a spread-out perturbation rounds to zero) would end the item's run and fail when judged."""
     def stop(acts, values):
         rows = acts.rows(classes).repeat_interleave(acts.copies)
         ok = objectives.adversarial.succeeded(acts[OUTPUT], rows, targeted, kappa)
-        return ok.view(acts.batch, acts.copies).all(1)
+        ok = ok.view(acts.batch, acts.copies).all(1)
+        if saved is not None and ok.any():
+            model, param, clean, eps, norm = saved
+            hit = ok.nonzero().flatten()
+            where = hit if acts.items is None else acts.items.to(hit.device)[hit]
+            with torch.no_grad():
+                image = quantize(clean[where], param().detach()[where], eps, norm)
+                ok = ok.clone()
+                ok[hit] = objectives.adversarial.succeeded(model(image), classes[where], targeted, kappa)
+        return ok
 
     return stop
 

@@ -66,7 +66,8 @@ def pgd(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[int] 
         param = Perturbation(s.clean[todo], eps, norm, random_start=random_start or r > 0, seed=seed + r).to(s.device)
         objective = (objectives.targeted if s.targeted else objectives.untargeted)(cls, loss)
         regs = [reg.TransformRobustness(copies=eot)] if eot else []
-        per_item = PerItem(stop=success_stop(cls, s.targeted, kappa) if early_stop else None,
+        stop = success_stop(cls, s.targeted, kappa, saved=(model, param, s.clean[todo], eps, norm)) if early_stop else None
+        per_item = PerItem(stop=stop,
                            keep_best=best_iterate, skip_done=True)
         result = optimize(model, objective, param, regs, steps=steps, lr=step_size, optimizer=make_optimizer,
                           seed=seed + r, progress=progress,
