@@ -157,5 +157,5 @@ def get_recipe(name: str | Recipe) -> Recipe:
     if isinstance(name, Recipe):
         return name
     if name not in RECIPES:
-        raise FvisError(f"unknown recipe {name!r}{suggest(name, RECIPES)}; choose from {', '.join(RECIPES)}")
+        raise FvisError(f"unknown recipe {name!r}.{suggest(name, RECIPES)} Recipes: {', '.join(RECIPES)}")
     return RECIPES[name]

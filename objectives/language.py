@@ -176,6 +176,9 @@ def parse_neuron(model, spec: str, position="last") -> Objective:
         i = int(index)
     except ValueError:
         raise FvisError(f"neuron index must be an integer, got {index!r} in {spec!r}") from None
+    if layer.lstrip("-").isdigit():  # "3:100": a block number without its kind
+        raise FvisError(f"neuron {spec!r}: name the kind of unit, mlp.{layer}:{i} (MLP neuron) or resid.{layer}:{i} "
+                        f"(residual stream), or a module from `fvis layers`")
     kind, _, block = layer.partition(".")
     if kind in ("mlp", "resid") and block.lstrip("-").isdigit():
         if kind == "mlp":

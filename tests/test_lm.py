@@ -153,6 +153,8 @@ def test_neuron_specs_and_errors(smol):
         lang.mlp_neuron(smol, 99, 0)
     with pytest.raises(FvisError, match="LAYER:INDEX"):
         lang.parse_neuron(smol, "mlp3")
+    with pytest.raises(FvisError, match=r"name the kind of unit, mlp\.3:100 .* or resid\.3:100"):
+        lang.parse_neuron(smol, "3:100")
     with pytest.raises(FvisError, match="unknown layer"):
         invert(smol, objective=lang.parse_neuron(smol, "model.layers.2.mlpp:3"), steps=1, progress=False)
     with pytest.raises(FvisError, match="out of range"):
@@ -331,3 +333,18 @@ def test_snap_source_follows_the_unfinished_items_when_finished_ones_leave_the_b
         candidates = torch.randn(5, 2, 4, generator=g)
         scored = snap.penalty(candidates, Activations({}, None, batch=5, items=torch.tensor([0, 0, 2, 2, 2]), total=3))
     assert torch.allclose(scored, snap.distances(candidates).mean(-1))
+
+
+def test_loading_bars_only_on_a_terminal(capfd, monkeypatch):
+    """Loading SmolLM2 into a log (stderr not a terminal) prints no progress bars, and leaves
+    transformers' own bar settings as they were."""
+    import transformers
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    capfd.readouterr()
+    load_lm("smollm2-135m", cache=False)
+    err = capfd.readouterr().err
+    assert "Converting and de-quantizing" not in err and "Loading weights" not in err
+    assert gguf_utils.tqdm is bar and transformers.utils.logging.is_progress_bar_enabled()

@@ -2,9 +2,12 @@
 SmolLM2 (:func:`load_lm`); the names fvis knows (:data:`LM_NAMES`); a small random GPT-2 for tests."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -92,26 +95,8 @@ def load_lm(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32, 
     name_l = _ALIASES.get(name.lower(), name.lower())
     path = Path(os.path.expanduser(name))
     try:
-        if name_l == SMOLLM2:
-            gguf = smollm2_path()
-            lm = _from_gguf(tf, gguf, dtype, SMOLLM2)
-        elif path.is_file() and path.suffix.lower() == ".gguf":
-            lm = _from_gguf(tf, path, dtype, path.name)
-        elif path.is_file():
-            raise FvisError(f"{name!r} is a file but not a .gguf model; pass a GGUF file or a model folder")
-        elif path.is_dir():
-            if not (path / "config.json").is_file():
-                raise FvisError(f"folder {name!r} has no config.json: not a Hugging Face model folder")
-            tok = tf.AutoTokenizer.from_pretrained(str(path))
-            net = tf.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-            lm = LanguageModel(net, tok, path.name)
-        elif "/" in name and (name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub(name)):
-            raise FvisError(f"no such model file or folder: {name!r}")
-        elif "/" not in name and name_l not in LM_NAMES:  # a bare name fvis does not know: no hub retries
-            raise FvisError(f"unknown language model {name!r}.{suggest(name_l, list(LM_NAMES) + list(_ALIASES))} "
-                            f"Known: {', '.join(LM_NAMES)}; or a hub name org/model, a model folder, a .gguf file")
-        else:
-            lm = _from_hub(tf, name, dtype)
+        with _terminal_bars_only(tf):
+            lm = _load(tf, name, name_l, path, dtype)
     except FvisError:
         raise
     except (OSError, ValueError, ImportError, RuntimeError) as e:
@@ -121,6 +106,54 @@ def load_lm(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32, 
     if cache:
         _LOADED[key] = lm
     return lm
+
+
+def _load(tf, name: str, name_l: str, path: Path, dtype) -> LanguageModel:
+    """The model behind ``name`` (``name_l``: its canonical lower-case name; ``path``: it as a path)."""
+    if name_l == SMOLLM2:
+        gguf = smollm2_path()
+        return _from_gguf(tf, gguf, dtype, SMOLLM2)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _from_gguf(tf, path, dtype, path.name)
+    if path.is_file():
+        raise FvisError(f"{name!r} is a file but not a .gguf model; pass a GGUF file or a model folder")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FvisError(f"folder {name!r} has no config.json: not a Hugging Face model folder")
+        tok = tf.AutoTokenizer.from_pretrained(str(path))
+        net = tf.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        return LanguageModel(net, tok, path.name)
+    if "/" in name and (name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub(name)):
+        raise FvisError(f"no such model file or folder: {name!r}")
+    if "/" not in name and name_l not in LM_NAMES:  # a bare name fvis does not know: no hub retries
+        raise FvisError(f"unknown language model {name!r}.{suggest(name_l, list(LM_NAMES) + list(_ALIASES))} "
+                        f"Known: {', '.join(LM_NAMES)}; or a hub name org/model, a model folder, a .gguf file")
+    return _from_hub(tf, name, dtype)
+
+
+@contextlib.contextmanager
+def _terminal_bars_only(tf):
+    """transformers' loading bars (GGUF de-quantizing, weights) only where stderr is a terminal, as
+    fvis's own bars: clean logs otherwise. Restores transformers' settings afterwards."""
+    if sys.stderr.isatty():
+        yield
+        return
+    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    if gguf_utils is None:
+        with contextlib.suppress(ImportError):
+            import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    bar = getattr(gguf_utils, "tqdm", None)
+    was_on = tf.utils.logging.is_progress_bar_enabled()
+    tf.utils.logging.disable_progress_bar()
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
+        if was_on:
+            tf.utils.logging.enable_progress_bar()
 
 
 def _from_gguf(tf, path: Path, dtype, name: str) -> LanguageModel:
