@@ -146,7 +146,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # Lucent's recipe with stronger transformation robustness (shift 16 px, scale 0.8-1.2, rotation
     # 15 degrees, mirror half the time: the range of fvis's held-out transforms, drawn independently)
     # and twice the steps. The default: named right by blind viewers 33 of 40 times at 1037 steps
-    # against 24 of 40 for `lucent` (results/prototype/robust_vs_lucent/README.md)
+    # against 22 of 40 for `lucent` (two viewers; a third: 12 of 20) (results/prototype/robust_vs_lucent/README.md)
     Recipe("robust", jitter=16, scale_range=(0.8, 1.2), degrees=15.0, flip=0.5, steps=1024),
     # feature accentuation (Hamblin et al. 2023): start from a photo, stay on its activation path
     Recipe("accentuate", init="image:", match="seed", match_stat="sorted", steps=256),

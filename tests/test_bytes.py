@@ -62,8 +62,7 @@ def test_attack_bytes(tmp_path, coffee):
 
 def test_prototype_bytes(lite0):
     protos = make_prototypes(lite0, [94, 1], recipe="lucent", per_class=1, steps=8, match="bn", param="fourier",
-                             init="equidistant",
-                             size=64, lr=0.05, seed=0, high_freq=10.0, tv=0.0, diversity=0.0, heldout=0,
-                             progress=False)
+                             init="equidistant", size=64, lr=0.05, seed=0, high_freq=10.0, tv=0.0, diversity=0.0,
+                             heldout=0, progress=False)
     pixels = torch.stack([p.image for p in protos]).mul(255).round().to(torch.uint8)
     assert hashlib.sha256(pixels.numpy().tobytes()).hexdigest() == PROTOTYPE
