@@ -77,6 +77,7 @@ def plan(cfg: dict, device: str) -> tuple[list[Job], dict]:
     if unknown:
         raise FvisError(f"unknown top-level key(s) {sorted(unknown)}: known are {sorted(DEFAULTS)} and [[job]]")
     base = _settings({**DEFAULTS, **cfg}, "top-level ")
+    base["steps_given"] = "steps" in cfg  # prototype jobs otherwise take their recipe's own step count
     tables = cfg.get("job")
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
         raise FvisError("the config needs at least one [[job]] table")
@@ -130,7 +131,8 @@ def _job(j: int, table: dict, base: dict, models: dict, device: str) -> Job:
     model = models[name]
     folder = f"{j:02d}_{kind}_{name}"
     if kind == "prototype":
-        return _prototype_job(j, table, folder, settings, model, extra, models, device)
+        steps_given = base.get("steps_given", True) or "steps" in table
+        return _prototype_job(j, table, folder, settings, model, extra, models, device, steps_given)
     if kind == "channel":
         layer = table["layer"]
         if not isinstance(layer, str):
@@ -145,7 +147,9 @@ def _job(j: int, table: dict, base: dict, models: dict, device: str) -> Job:
 
 
 def _prototype_job(j: int, table: dict, folder: str, settings: dict, model, options: dict, models: dict,
-                   device: str) -> Job:
+                   device: str, steps_given: bool = True) -> Job:
+    """A prototype job; without ``steps`` in the job or at the top level, its recipe's own step count
+    (the default recipe's readability was measured at its own 1024 steps, not the sweep's 256)."""
     per_class, match = table.get("per_class", 1), table.get("match")
     if not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1:
         raise FvisError(f"per_class must be a positive integer, got {per_class!r}")
@@ -158,6 +162,8 @@ def _prototype_job(j: int, table: dict, folder: str, settings: dict, model, opti
         raise FvisError(f"unknown key {unknown[0]!r}: not an option of make_prototypes or a recipe setting")
     recipe = get_recipe(options.pop("recipe", DEFAULT)).replace(
         match=match, **{k: options.pop(k) for k in list(options) if k in fields})  # checks every setting
+    if not steps_given:
+        settings = {**settings, "steps": recipe.steps}
     for key, value in options.items():  # passed through: known names, and the default's type
         default = params[key].default
         if key == "evaluators":

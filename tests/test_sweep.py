@@ -220,3 +220,21 @@ def test_logit_items_are_named_alike_by_index_or_by_name():
 
     assert _named_logit(94, imagenet_classes()).name == _named_logit("hummingbird", imagenet_classes()).name \
         == "logit:94:hummingbird"
+
+
+def test_prototype_jobs_take_their_recipes_steps_unless_steps_is_set():
+    """The sweep's default of 256 steps is for renders; a prototype job without ``steps`` (in the job
+    or at the top level) runs its recipe's own count, the one its readability was measured at."""
+    import tomllib
+
+    from fvis.recipes import RECIPES
+
+    def steps(config: str) -> list[int]:
+        jobs, _ = fvis.sweep.plan(tomllib.loads(config), "cpu")
+        return [job.settings["steps"] for job in jobs]
+
+    two = PROTOTYPE_JOB + PROTOTYPE_JOB.replace('match = "none"', 'match = "none"\nrecipe = "lucent"')
+    assert steps(two) == [RECIPES["robust"].steps, RECIPES["lucent"].steps] == [1024, 512]
+    assert steps("steps = 7\n" + two) == [7, 7]
+    channel_job = '\n[[job]]\nkind = "channel"\nmodel = "efficientnet-lite0"\nlayer = "_blocks.2"\nchannels = 0\n'
+    assert steps(PROTOTYPE_JOB.replace("heldout = 0", "heldout = 0\nsteps = 5") + channel_job) == [5, 256]
