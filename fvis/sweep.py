@@ -131,7 +131,7 @@ def _job(j: int, table: dict, base: dict, models: dict, device: str) -> Job:
     model = models[name]
     folder = f"{j:02d}_{kind}_{name}"
     if kind == "prototype":
-        steps_given = base.get("steps_given", True) or "steps" in table
+        steps_given = base["steps_given"] or "steps" in table
         return _prototype_job(j, table, folder, settings, model, extra, models, device, steps_given)
     if kind == "channel":
         layer = table["layer"]

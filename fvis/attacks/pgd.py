@@ -67,8 +67,7 @@ def pgd(model: ImageModel, images: torch.Tensor, *, target: int | Sequence[int] 
         objective = (objectives.targeted if s.targeted else objectives.untargeted)(cls, loss)
         regs = [reg.TransformRobustness(copies=eot)] if eot else []
         stop = success_stop(cls, s.targeted, kappa, saved=(model, param, s.clean[todo], eps, norm)) if early_stop else None
-        per_item = PerItem(stop=stop,
-                           keep_best=best_iterate, skip_done=True)
+        per_item = PerItem(stop=stop, keep_best=best_iterate, skip_done=True)
         result = optimize(model, objective, param, regs, steps=steps, lr=step_size, optimizer=make_optimizer,
                           seed=seed + r, progress=progress,
                           policies=[per_item, SkipFinalValues()])  # judged by the caller, on 8-bit images
