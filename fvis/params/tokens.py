@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from regularizers.snap import METRICS, nearest
-
 from ..errors import FvisError
 from .base import Parameterization
 
@@ -64,6 +62,7 @@ class TokenEmbeddings(Parameterization):
         super().__init__()
         if length < 1 or restarts < 1:
             raise FvisError(f"prompt length and restarts must be >= 1, got {length} and {restarts}")
+        from regularizers.snap import METRICS  # here, not at the top: `import regularizers` first loads fvis, which loads this module
         if metric not in METRICS:
             raise FvisError(f"snap metric must be one of {', '.join(METRICS)}, got {metric!r}")
         table = lm.embedding
@@ -78,6 +77,7 @@ class TokenEmbeddings(Parameterization):
 
     def ids(self) -> torch.Tensor:
         """``(R, K)`` nearest allowed token ids of the current embeddings."""
+        from regularizers.snap import nearest
         return nearest(self.embeddings, self.table, self.allowed, self.metric)
 
     def forward(self) -> torch.Tensor:
