@@ -1,4 +1,5 @@
-"""A faster inference copy of a model, for activations computed without gradients.
+"""A faster inference copy of a model (eval mode, frozen weights): activations and input gradients
+without BatchNorm and padding operators.
 
 Three rewrites, each found with :func:`torch.fx.symbolic_trace` and each exact up to float rounding:
 
@@ -9,12 +10,14 @@ Three rewrites, each found with :func:`torch.fx.symbolic_trace` and each exact u
   (TensorFlow's "same" padding at stride 2, as in EfficientNet) as one more pixel on the left /
   top and a leading zero row / column in the kernel (the same sums at the same positions);
 * an activation module with an ``inplace`` switch (ReLU, ReLU6, Hardtanh, SiLU, ...) whose input
-  has no other user runs in place.
+  has no other user and comes from a convolution, a BatchNorm or a sum (operations whose backward
+  does not need their output) runs in place.
 
 Only patterns whose producer has no other user and whose modules are called once are rewritten,
-never a module whose own output is asked for (``keep``). The rewrites go to a deep copy (the
-user's model is never changed) and the copy is checked on a probe batch: it must give the same
-activations at the requested layers, else the original model is used. Models fx cannot trace,
+never a module whose own output is asked for (``keep``). Tracing and the rewrites happen on
+deep copies (the user's model is never run or changed) and the rewritten copy is checked on a
+probe batch against an untouched copy: it must give the same activations at the requested
+layers, else the original model is used. Models fx cannot trace,
 models with hooks of their own (a copy would call them too) and models with nothing to rewrite are
 used as they are. On EfficientNet-Lite0 (224², one CPU thread, batches of 4) a forward truncated
 after ``_blocks.8`` runs about 1.7x faster (results/tcav/README.md).
@@ -22,14 +25,13 @@ after ``_blocks.8`` runs about 1.7x faster (results/tcav/README.md).
 from __future__ import annotations
 
 import copy
+import operator
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
 from torch import fx, nn
-
-from .hooks import Capture
 
 PADS = (nn.ZeroPad2d, nn.ConstantPad2d)
 
@@ -67,8 +69,21 @@ def _conv_of(node, modules: dict[str, nn.Module]) -> str | None:
     return None
 
 
+def _keeps_no_output(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` is an operation whose backward does not need its own output (a
+    convolution, a BatchNorm, a sum), so an in-place activation after it is safe under autograd too."""
+    if _conv_of(node, modules):
+        return True
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.BatchNorm2d)
+    return (node.op == "call_function" and node.target in (operator.add, torch.add)) or \
+        (node.op == "call_method" and node.target == "add")
+
+
 def plan(model: nn.Module, keep: Iterable[str] = ()) -> Plan:
-    """What :func:`fold` may rewrite in ``model`` (in eval mode), leaving the modules ``keep`` alone."""
+    """What :func:`fold` may rewrite in ``model`` (in eval mode), leaving the modules ``keep`` alone.
+    Tracing runs ``model``'s forward on proxies, and a forward that changes the module's own state
+    (a counter, a cache) would keep proxies there: trace a copy of a model you go on using."""
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception:  # noqa: BLE001 -- a model fx cannot trace is simply not rewritten
@@ -97,7 +112,7 @@ def plan(model: nn.Module, keep: Iterable[str] = ()) -> Plan:
                     and tuple(modules[conv].dilation) == (1, 1):
                 out.pads.append((node.target, conv))
         elif mod is not None and getattr(mod, "inplace", None) is False and node.target not in keep:
-            alone = isinstance(src, fx.Node) and src.op != "placeholder" and len(src.users) == 1
+            alone = isinstance(src, fx.Node) and len(src.users) == 1 and _keeps_no_output(src, modules)
             inplace[node.target] = inplace.get(node.target, True) and alone  # every call's input has no other user
     out.inplace = [name for name, ok in inplace.items() if ok]
     return out
@@ -109,9 +124,10 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def fold(model: nn.Module, what: Plan) -> nn.Module:
-    """A deep copy of ``model`` with the rewrites of ``what`` (see :func:`plan`), weights frozen."""
-    out = copy.deepcopy(model)
+def fold(model: nn.Module, what: Plan, inplace: bool = False) -> nn.Module:
+    """``model`` with the rewrites of ``what`` (see :func:`plan`), weights frozen: a deep copy, or
+    ``model`` itself when ``inplace`` (for a copy the caller made)."""
+    out = model if inplace else copy.deepcopy(model)
     for conv_name, bn_name in what.batchnorms:
         conv, bn = out.get_submodule(conv_name), out.get_submodule(bn_name)
         scale = bn.running_var.add(bn.eps).rsqrt()
@@ -132,28 +148,3 @@ def fold(model: nn.Module, what: Plan) -> nn.Module:
         out.get_submodule(name).inplace = True
     out.requires_grad_(False)
     return out
-
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and bool(torch.allclose(b.float(), a.float(), rtol=1e-3,
-                                                      atol=1e-4 * float(a.abs().max()) + 1e-6))
-
-
-@torch.no_grad()
-def inference_copy(model: nn.Module, layers: Iterable[str], probe: torch.Tensor) -> nn.Module:
-    """``model`` rewritten for gradient-free activations at ``layers`` (see the module docstring),
-    or ``model`` itself when nothing can be rewritten or the copy disagrees with it on ``probe``.
-    Call it with ``model`` in eval mode (:func:`fvis.hooks.frozen`)."""
-    layers = list(layers)
-    if has_hooks(model):
-        return model
-    with Capture(model, layers) as cap:  # the modules whose own outputs are asked for stay
-        keep = {n for n, m in model.named_modules() if any(m is h for h in cap.modules.values())}
-        what = plan(model, keep)
-        if not what:
-            return model
-        want = cap.forward(probe)
-    copy_ = fold(model, what)
-    with Capture(copy_, layers) as cap:
-        got = cap.forward(probe)
-    return copy_ if all(_same(want[l], got[l]) for l in layers) else model

@@ -11,6 +11,7 @@ take it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 from functools import partial
 from typing import Any, Iterable, Iterator
@@ -18,6 +19,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from . import fold
 from .errors import FvisError, suggest
 from .execution import autocast, check_precision, compiled
 
@@ -162,13 +164,19 @@ class Capture:
     ``precision``: ``"bf16"`` runs the forward under ``torch.autocast`` (bfloat16; captured
     activations and the output come back as float32); ``compile``: the forward (and so its
     backward) through ``torch.compile`` (:mod:`fvis.execution`), without truncation (a compiled
-    graph runs whole). Both off by default.
+    graph runs whole). Both off by default. ``fold``: :meth:`plan` swaps in a checked inference
+    copy of an image model (:func:`fvis.fold.inference_copy`: BatchNorm and padding folded into
+    convolutions, activations in place; the model itself is not changed); off by default
+    (``CaptureOptions(fold=True)`` / ``fvis render --fold``).
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str], truncate: bool = True,
-                 channels_last: bool | None = None, precision: str = "fp32", compile: bool = False):
+                 channels_last: bool | None = None, precision: str = "fp32", compile: bool = False,
+                 fold: bool = False):
         self.model = model
-        self.modules = resolve_layers(model, set(layers))
+        self._names = set(layers)
+        self.modules = resolve_layers(model, self._names)
+        self.fold = fold and not compile
         self.truncate = truncate and not compile
         self.precision = check_precision(precision)
         self._dtype = None if precision == "fp32" else torch.float32  # captured values come back in float32
@@ -234,6 +242,12 @@ class Capture:
         """One dry forward without gradients: counts the needed calls, enables truncation and
         settles the input layout."""
         self._calls_needed = None
+        if self.fold and isinstance(x, torch.Tensor) and x.dim() == 4 and self._run is self.model:
+            self.close()  # the copy is made and checked with no hooks of ours on the model
+            run = inference_copy(self.model, self._names, x)
+            if run is not self.model:
+                self._run, self.modules = run, resolve_layers(run, self._names)
+            self.__enter__()
         auto = self._layout_request is None
         self.channels_last = (isinstance(x, torch.Tensor) and x.dim() == 4 and x.device.type == "cpu") if auto \
             else self._layout_request
@@ -278,6 +292,37 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool(torch.allclose(b.float(), a.float(), rtol=1e-3,
+                                                      atol=1e-4 * float(a.abs().max()) + 1e-6))
+
+
+@torch.no_grad()
+def inference_copy(model: nn.Module, layers: Iterable[str], probe: torch.Tensor) -> nn.Module:
+    """``model`` rewritten for activations at ``layers`` and gradients with respect to its input
+    (:mod:`fvis.fold`), or ``model`` itself when nothing can be rewritten, the model carries hooks,
+    or the copy disagrees with an untouched copy on ``probe``. ``model`` itself is never run (its
+    forward might count calls or cache). Call it with ``model`` in eval mode (:func:`frozen`)."""
+    layers = list(layers)
+    if fold.has_hooks(model):
+        return model
+    hooked = resolve_layers(model, layers).values()  # the modules whose own outputs are asked for stay
+    keep = {n for n, m in model.named_modules() if any(m is h for h in hooked)}
+    what = fold.plan(copy.deepcopy(model), keep)  # tracing runs the forward: on a copy
+    if not what:
+        return model
+    out = copy.deepcopy(model)
+    try:
+        with Capture(out, layers) as cap:
+            want = cap.forward(probe)
+        fold.fold(out, what, inplace=True)
+        with Capture(out, layers) as cap:
+            got = cap.forward(probe)
+    except Exception:  # noqa: BLE001 -- a copy that cannot run is simply not used
+        return model
+    return out if all(_same(want[l], got[l]) for l in layers) else model
 
 
 @contextlib.contextmanager

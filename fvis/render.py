@@ -21,11 +21,12 @@ def render(model: ImageModel, objectives: Sequence[Objective], *, param: str = "
            size: int | tuple[int, int] | None = None, steps: int = 256, lr: float = 0.05, seed: int = 0,
            transforms: bool = True, decay_power: float = 1.0, optimizer: str = "adam",
            thresholds=(), progress: bool = True, channels_last: bool | None = None, precision: str = "fp32",
-           compile: bool = False) -> Result:
+           compile: bool = False, fold: bool = False) -> Result:
     """Render objective ``i`` into batch item ``i``, all in one batched optimization.
     ``channels_last``: the model's input layout (``None``: channels-last on the CPU when the model takes it).
     ``precision`` (``"bf16"``: autocast) and ``compile`` (``torch.compile``): how the model runs
-    (:class:`fvis.policies.CaptureOptions`), for GPU runs."""
+    (:class:`fvis.policies.CaptureOptions`), for GPU runs; ``fold``: run a checked copy of the model with
+    BatchNorm and padding folded into its convolutions (faster; same images up to float rounding)."""
     size = size or model.input_size
     device = next(model.parameters()).device
     kwargs = {"decay_power": decay_power} if param == "fourier" else {}
@@ -33,7 +34,8 @@ def render(model: ImageModel, objectives: Sequence[Objective], *, param: str = "
     regs = [reg.TransformRobustness()] if transforms else []
     result = optimize(model, batched(objectives), image, regs, steps=steps, lr=lr, optimizer=optimizer,
                       seed=seed, thresholds=thresholds, progress=progress,
-                      policies=[CaptureOptions(channels_last=channels_last, precision=precision, compile=compile)])
+                      policies=[CaptureOptions(channels_last=channels_last, precision=precision, compile=compile,
+                                                fold=fold)])
     result.labels = [o.name for o in objectives]
     return result
 

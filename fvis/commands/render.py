@@ -36,6 +36,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-transforms", action="store_true", help="no transformation robustness")
     parser.add_argument("--no-channels-last", action="store_true",
                         help="feed the model plain NCHW input (default on the CPU: channels-last, when the model takes it)")
+    parser.add_argument("--fold", action="store_true",
+                        help="run a checked copy of the model with BatchNorm and padding folded into its convolutions "
+                             "(faster; the same images up to float rounding, not the same bytes)")
     add_execution_args(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
@@ -57,14 +60,14 @@ def run(args) -> None:
                 "lr": args.lr, "optimizer": args.optimizer, "decay_power": args.decay_power,
                 "seed": args.seed, "transforms": not args.no_transforms, "weights": args.weights,
                 "device": args.device, "channels_last": "no" if args.no_channels_last else "auto",
-                "precision": args.precision, "compile": args.compile}
+                "precision": args.precision, "compile": args.compile, "fold": args.fold}
     if concept is not None:
         settings.update({"toward" if args.toward else "away": concept, "concept_weight": args.concept_weight})
     result = render(model, objs, param=args.param, size=args.size, steps=args.steps, lr=args.lr,
                     seed=args.seed, transforms=not args.no_transforms, decay_power=args.decay_power,
                     optimizer=args.optimizer, progress=not args.quiet,
                     channels_last=False if args.no_channels_last else None, precision=args.precision,
-                    compile=args.compile)
+                    compile=args.compile, fold=args.fold)
     save_renders(result, model, args.objective, out, settings)
     for i, (spec, value) in enumerate(zip(args.objective, result.values)):
         terms = "".join(f"\t{o.name} {float(result.history[o.name][-1, i]):.4g}" for o in (base[i], term)

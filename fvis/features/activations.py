@@ -29,8 +29,7 @@ from torchvision.transforms.v2 import functional as F
 from ..datasets import ImageFolder, read_images, warn_skipped
 from ..errors import FvisError
 from ..files import atomic_write, list_images, load_image
-from ..fold import inference_copy
-from ..hooks import OUTPUT, Capture, frozen
+from ..hooks import OUTPUT, Capture, frozen, inference_copy
 from ..progress import progress_bar
 from ..reference import cache_dir
 
@@ -243,14 +242,14 @@ def view_images(images: Images, acts: FolderActivations, size: tuple[int, int], 
 def folder_activations(model, images: Images, layer: str, *, pool: str = "mean", views: int = 1,
                        positions: int = 16, logits: bool = False, batch_size: int = 16, seed: int = 0,
                        cache: str | Path | None | bool = None, progress: bool = False,
-                       fold: bool = True) -> FolderActivations:
+                       fold: bool = False) -> FolderActivations:
     """``layer``'s activations for every readable image of ``images`` (a folder or an
     ``(N, C, H, W)`` tensor in [0, 1]) and ``views - 1`` extra seeded crops/flips of each.
     ``pool="mean"``: the spatial mean, one row per view; ``"spatial"``: ``positions`` random
     positions of the map per view (all of them when the map is smaller), one row each; the layer
     must give a ``(C, H, W)`` map. ``logits``: also keep the model output per view.
     ``cache``: folder (default ``$FVIS_CACHE``), or ``False`` for none. ``fold``: as in
-    :func:`compute_activations`."""
+    :func:`compute_activations` (off here by default: maps and atlases keep their recorded values)."""
     if pool not in FOLDER_POOLS:
         raise FvisError(f"unknown pooling {pool!r}: choose from {', '.join(FOLDER_POOLS)}")
     if views < 1 or positions < 1 or batch_size < 1:
