@@ -83,9 +83,9 @@ def bare_step_seconds(model, batch: int, steps: int, size: int, target_class: in
 
 def fvis_step_seconds(model, objective, batch: int, steps: int, size: int, transforms: bool = True,
                       param: str = "fourier", channels_last: bool | None = None, precision: str = "fp32",
-                      compile: bool = False) -> float:
+                      compile: bool = False, fold: bool = False) -> float:
     result = render(model, [objective] * batch, size=size, steps=steps, transforms=transforms, param=param,
-                    progress=False, channels_last=channels_last, precision=precision, compile=compile)
+                    progress=False, channels_last=channels_last, precision=precision, compile=compile, fold=fold)
     return result.seconds_per_step
 
 
@@ -144,10 +144,21 @@ def paired(steps: int, rounds: int, base, other):
     return pairs
 
 
+def folded_copy(model, size: int):
+    """The checked inference copy ``fvis render --fold`` runs (:func:`fvis.hooks.inference_copy`)."""
+    from fvis.hooks import frozen, inference_copy
+
+    device = next(model.parameters()).device
+    with frozen(model):
+        return inference_copy(model, ["output"], fvis.FourierImage(size, batch=1, seed=0)().detach().to(device))
+
+
 def cases(model, args, batches, full: bool, lucent):
     """``(label, batch, base(n), other(n))`` for every row."""
-    def bare(batch, channels_last=False, precision="fp32"):
-        return lambda n: bare_step_seconds(model, batch, n, args.size, channels_last=channels_last, precision=precision)
+    folded = folded_copy(model, args.size)
+
+    def bare(batch, channels_last=False, precision="fp32", net=model):
+        return lambda n: bare_step_seconds(net, batch, n, args.size, channels_last=channels_last, precision=precision)
 
     def fv(objective, batch, **kw):
         return lambda n: fvis_step_seconds(model, objective, batch, n, args.size, **kw)
@@ -161,6 +172,13 @@ def cases(model, args, batches, full: bool, lucent):
     rows += [(f"(a) class logit, batch {b}, --param pixel --no-transforms (loop alone), vs channels-last bare", b,
               bare(b, channels_last=True), fv(logit, b, transforms=False, param="pixel")) for b in batches]
     rows += [(f"(b) channel _blocks.1:3 (early), batch {b}", b, bare(b), fv(early, b)) for b in batches]
+    rows += [(f"(c) --fold: class logit, batch {b} (vs the plain NCHW bare loop)", b, bare(b), fv(logit, b, fold=True))
+             for b in batches]
+    rows += [(f"(c) --fold: class logit, batch {b}, vs a channels-last bare loop on the same folded copy "
+              "(the recipe's own cost)", b, bare(b, channels_last=True, net=folded), fv(logit, b, fold=True))
+             for b in batches]
+    rows += [(f"(c) --fold: channel _blocks.1:3 (early), batch {b} (vs the plain NCHW bare loop)", b, bare(b),
+              fv(early, b, fold=True)) for b in batches]
     if full:
         big = batches[-1]
         rows += [(f"default recipe --precision bf16 vs the bare loop under the same autocast, batch {big}", big,
@@ -234,7 +252,10 @@ def main() -> None:
         "parameterization + transformation robustness + Adam, input fed channels-last on the CPU (the `fvis render` "
         "default; plain layout on a GPU) unless the row says otherwise; bare = `model(x)[:, c].sum().backward()` on a "
         "leaf input tensor (fvis's starting image), weights frozen, in plain NCHW layout unless the row says "
-        "\"channels-last bare\" (the recipe's own cost, layout gain taken out). Allocator (both sides): "
+        "\"channels-last bare\" (the recipe's own cost, layout gain taken out); \"--fold\" rows run `fvis render --fold` "
+        "(a checked copy of the model with BatchNorm and padding folded into its convolutions, fvis/fold.py; like every "
+        "fvis row, step time without the set-up, which for --fold includes making and checking the copy once per run). "
+        "Allocator (both sides): "
         + ("fvis.tune_allocator(), as the `fvis` CLI sets it" if args.allocator == "tuned" else "glibc defaults")
         + ". Targets: headline <= 1.05x on the CPU (<= 1.10x at batch 64 on a GPU); early channel (b) <= 0.35x."
         + (" Lucent rows: Lucent 0.1.8's own `render_vis` (its Fourier image, standard transforms, Adam 0.05; a "

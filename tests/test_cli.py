@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from fvis.cli import main
@@ -58,6 +59,25 @@ def test_no_channels_last_changes_only_the_layout(tmp_path, capsys, monkeypatch)
         images[bool(flag)] = np.asarray(Image.open(out / "logit_goldfinch.png"), dtype=int)
     assert np.abs(images[True] - images[False]).max() <= 2  # same run up to float rounding
 
+
+
+def test_render_fold_runs_a_folded_copy(tmp_path, capsys, monkeypatch):
+    from fvis.hooks import Capture
+
+    runs = []
+    plan = Capture.plan
+
+    def recording_plan(self, *args, **kwargs):
+        acts = plan(self, *args, **kwargs)
+        runs.append(sum(isinstance(m, torch.nn.BatchNorm2d) for m in self._run.modules()))
+        return acts
+
+    monkeypatch.setattr(Capture, "plan", recording_plan)
+    code, _, err = run(capsys, "render", "--model", "efficientnet-lite0", "-o", "logit:goldfinch", "--size", "64",
+                       "--steps", "3", "--quiet", "--fold", "--out", str(tmp_path))
+    assert code == 0, err
+    assert runs == [0]  # every BatchNorm folded away in the model the loop ran
+    assert json.loads((tmp_path / "logit_goldfinch.json").read_text())["settings"]["fold"] is True
 
 def test_layers_prints_types_and_shapes(capsys):
     code, out, _ = run(capsys, "layers", "efficientnet-lite0")
