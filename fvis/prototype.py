@@ -182,14 +182,15 @@ def _stages(r: Recipe, size: tuple[int, int]) -> list[tuple[int, tuple[int, int]
 def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: str | Recipe = DEFAULT,
                     per_class: int = 1, size=None, seed: int = 0, reference: str | Path | None = None,
                     cache=None, evaluators: Sequence[ImageModel] = (), heldout: int = 32, progress: bool = True,
-                    precision: str = "fp32", compile: bool = False, **settings) -> list[Prototype]:
+                    precision: str = "fp32", compile: bool = False, fold: bool = False,
+                    **settings) -> list[Prototype]:
     """Prototypes for ``classes`` (indices or class names), ``per_class`` each, in one batch.
 
     ``recipe``: a name from :data:`fvis.recipes.RECIPES` or a :class:`fvis.recipes.Recipe`;
     ``settings`` override any of its fields (``steps=256``, ``match="bn"``, ...; unknown names are
     an error). ``reference``: images for the MACO amplitude spectrum. Each result is scored with
-    :func:`fvis.evaluate.evaluate_images` (``heldout`` transforms; ``evaluators``). ``precision``
-    and ``compile``: how the model runs in the main optimization (:class:`fvis.policies.CaptureOptions`)."""
+    :func:`fvis.evaluate.evaluate_images` (``heldout`` transforms; ``evaluators``). ``precision``,
+    ``compile`` and ``fold``: how the model runs in the main optimization (:class:`fvis.policies.CaptureOptions`)."""
     r = get_recipe(recipe).replace(**settings)
     check_precision(precision)
     if r.init == "image:":
@@ -249,7 +250,7 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
         optimizer = cosine(steps, r.lr) if r.lr_schedule == "cosine" else "adam"
         result = optimize(model, objective, param, regs, steps=steps, lr=r.lr, optimizer=optimizer,
                           seed=seed + k, progress=progress,
-                          policies=[CaptureOptions(precision=precision, compile=compile)])
+                          policies=[CaptureOptions(precision=precision, compile=compile, fold=fold)])
         image, stopped = result.input, stopped or result.stopped
         for n, h in result.history.items():
             if h.dim() == 2:
@@ -262,7 +263,7 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
                     "match_layers": None if matching is None else list(matching.layers),
                     "reference": None if reference is None else str(reference), "batch": len(items),
                     "equidistant_max_p": baseline_p, "evaluators": [e.name for e in evaluators], "stopped": stopped,
-                    "precision": precision, "compile": compile}
+                    "precision": precision, "compile": compile, "fold": fold}
     history = {n: torch.cat(h) for n, h in history.items()}
     out = []
     for i, (c, k) in enumerate(items):

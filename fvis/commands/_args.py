@@ -90,11 +90,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_execution_args(p: argparse.ArgumentParser) -> None:
-    """``--precision`` and ``--compile``: how the model runs in the optimization (for GPU runs)."""
+    """``--precision``, ``--compile`` (for GPU runs) and ``--fold``: how the model runs in the optimization."""
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                    help="model forward in float32 or bfloat16 autocast (default fp32; bf16 is for GPUs)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model's forward and backward (off by default: not faster on the CPU)")
+    p.add_argument("--fold", action="store_true",
+                   help="run a checked copy of the model with BatchNorm and padding folded into its convolutions "
+                        "(faster; the same images up to float rounding, not the same bytes)")
 
 
 def load_model(args: argparse.Namespace) -> ImageModel:

@@ -78,7 +78,8 @@ def run(args) -> None:
     evaluators = [load(name.strip(), device=args.device) for name in args.evaluators.split(",") if name.strip()]
     protos = make_prototypes(model, classes, recipe=recipe, per_class=args.per_class, size=args.size, seed=args.seed,
                              reference=args.reference, evaluators=evaluators, heldout=args.heldout,
-                             progress=not args.quiet, precision=args.precision, compile=args.compile)
+                             progress=not args.quiet, precision=args.precision, compile=args.compile,
+                             fold=args.fold)
     save_prototypes(protos, out)
     print(f"{'image':<32} {'clean_p':>7} {'robust':>6} {'transfer':>8} {'hfer':>6} {'natural':>7}")
     fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731

@@ -36,9 +36,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-transforms", action="store_true", help="no transformation robustness")
     parser.add_argument("--no-channels-last", action="store_true",
                         help="feed the model plain NCHW input (default on the CPU: channels-last, when the model takes it)")
-    parser.add_argument("--fold", action="store_true",
-                        help="run a checked copy of the model with BatchNorm and padding folded into its convolutions "
-                             "(faster; the same images up to float rounding, not the same bytes)")
     add_execution_args(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if needed)")
