@@ -35,6 +35,7 @@ import torch
 from torch import fx, nn
 
 PADS = (nn.ZeroPad2d, nn.ConstantPad2d)
+FOLDABLE = (nn.BatchNorm2d, *PADS)  # a model without any of these is not worth copying
 
 
 @dataclass

@@ -306,21 +306,21 @@ def inference_copy(model: nn.Module, layers: Iterable[str], probe: torch.Tensor)
     or the copy disagrees with an untouched copy on ``probe``. ``model`` itself is never run (its
     forward might count calls or cache). Call it with ``model`` in eval mode (:func:`frozen`)."""
     layers = list(layers)
-    if fold.has_hooks(model):
-        return model
+    if fold.has_hooks(model) or not any(isinstance(m, fold.FOLDABLE) for m in model.modules()):
+        return model  # nothing worth two copies (a model without BatchNorm or padding modules)
     hooked = resolve_layers(model, layers).values()  # the modules whose own outputs are asked for stay
     keep = {n for n, m in model.named_modules() if any(m is h for h in hooked)}
-    what = fold.plan(copy.deepcopy(model), keep)  # tracing runs the forward: on a copy
-    if not what:
-        return model
-    out = copy.deepcopy(model)
     try:
+        what = fold.plan(copy.deepcopy(model), keep)  # tracing runs the forward: on a copy
+        if not what:
+            return model
+        out = copy.deepcopy(model)
         with Capture(out, layers) as cap:
             want = cap.forward(probe)
         fold.fold(out, what, inplace=True)
         with Capture(out, layers) as cap:
             got = cap.forward(probe)
-    except Exception:  # noqa: BLE001 -- a copy that cannot run is simply not used
+    except Exception:  # noqa: BLE001 -- a model that cannot be copied, or a copy that cannot run, is used as it is
         return model
     return out if all(_same(want[l], got[l]) for l in layers) else model
 

@@ -108,6 +108,13 @@ def test_untraceable_hooked_or_wrong_copies_fall_back(monkeypatch):
 
     monkeypatch.setattr(F, "fold", wrong)  # fvis.hooks calls fold.fold
     assert inference_copy(seq, ["3"], x) is seq
+    monkeypatch.setattr(F, "fold", real_fold)
+
+    import threading
+    seq.lock = threading.Lock()  # a model that cannot be deep-copied runs as it is
+    assert inference_copy(seq, ["3"], x) is seq
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    assert inference_copy(plain, ["2"], x) is plain  # no BatchNorm, no padding module: no copy
 
 
 def test_tiny_models_and_small_batches_run_the_model_itself(monkeypatch):
