@@ -165,7 +165,7 @@ class Capture:
     activations and the output come back as float32); ``compile``: the forward (and so its
     backward) through ``torch.compile`` (:mod:`fvis.execution`), without truncation (a compiled
     graph runs whole). Both off by default. ``fold``: :meth:`plan` swaps in a checked inference
-    copy of an image model (:func:`fvis.fold.inference_copy`: BatchNorm and padding folded into
+    copy of an image model (:func:`inference_copy`: BatchNorm and padding folded into
     convolutions, activations in place; the model itself is not changed); off by default
     (``CaptureOptions(fold=True)`` / ``fvis render --fold``).
     """
@@ -320,9 +320,9 @@ def inference_copy(model: nn.Module, layers: Iterable[str], probe: torch.Tensor)
         fold.fold(out, what, inplace=True)
         with Capture(out, layers) as cap:
             got = cap.forward(probe)
+        return out if all(_same(want[l], got[l]) for l in layers) else model
     except Exception:  # noqa: BLE001 -- a model that cannot be copied, or a copy that cannot run, is used as it is
         return model
-    return out if all(_same(want[l], got[l]) for l in layers) else model
 
 
 @contextlib.contextmanager
