@@ -101,7 +101,7 @@ def compute_activations(model, images: torch.Tensor, layers: Sequence[str], pool
     """``{layer: (N, D)}`` float32 on the CPU: one truncated forward per image for all layers
     (channels-last input on the CPU, as :meth:`fvis.hooks.Capture.plan` decides). ``fold``: run a
     checked inference copy of the model (BatchNorm and padding folded into convolutions,
-    activations in place: :func:`fvis.fold.inference_copy`) when there are more images than one batch."""
+    activations in place: :func:`fvis.hooks.inference_copy`) when there are more images than one batch."""
     device = _device(model)
     batch_size = batch_for(model, batch_size)
     parts: dict[str, list] = {l: [] for l in layers}
