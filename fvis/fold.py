@@ -3,7 +3,8 @@ without BatchNorm and padding operators.
 
 Three rewrites, each found with :func:`torch.fx.symbolic_trace` and each exact in arithmetic (in
 float the folded weights round differently: on Lite0 the logit moves by 2e-6 relative and the input
-gradient by 0.6 %, as much as a 1e-6 change of the input moves it; tests/test_fold.py):
+gradient by 0.03-0.6 % depending on the input, about as much as a 1e-6 change of the input moves it;
+tests/test_fold.py, results/bench_fold.md):
 
 * an eval-mode ``BatchNorm2d`` is folded into the ``Conv2d`` that feeds it (new weights and bias;
   the BatchNorm becomes ``nn.Identity``);
