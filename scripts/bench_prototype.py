@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--evaluators", default="efficientnet-lite1,efficientnet-lite2")
     ap.add_argument("--set", action="append", default=[], metavar="RECIPE:key=value",
                     help="override one recipe setting, e.g. vital:flip=0 (numbers parsed)")
+    ap.add_argument("--fold", action="store_true",
+                    help="every recipe runs on the checked folded copy of the model (fvis --fold; faster steps)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "prototype")
     args = ap.parse_args(argv)
@@ -107,7 +109,8 @@ def main(argv=None) -> int:
         else:
             # timed probes of the same batch at 8 and 16 steps (after an untimed one that pays one-off costs):
             # their difference is the per-step cost, the rest the recipe's fixed set-up (statistics, balancing)
-            common = dict(recipe=name, seed=args.seed, cache=tmp / "cache", heldout=0, progress=False, **opts)
+            common = dict(recipe=name, seed=args.seed, cache=tmp / "cache", heldout=0, progress=False, fold=args.fold,
+                          **opts)
             make_prototypes(model, classes[:1], steps=2, **common)
             probes = {}
             for n in (8, 16):
@@ -119,7 +122,7 @@ def main(argv=None) -> int:
             steps = max(8, int((args.seconds * len(classes) - fixed) / per_step))
         t = time.perf_counter()
         protos = make_prototypes(model, classes, steps=steps, recipe=name, seed=args.seed, cache=tmp / "cache",
-                                 evaluators=evaluators, progress=not args.quiet, **opts)
+                                 evaluators=evaluators, progress=not args.quiet, fold=args.fold, **opts)
         wall = time.perf_counter() - t
         mean = lambda k: sum(p.metrics[k] for p in protos) / len(protos)  # noqa: E731
         natural = {k: sum(lo <= p.metrics["naturalness"][k] <= hi for p in protos) / len(protos)
