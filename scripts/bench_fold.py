@@ -7,8 +7,10 @@ random weights and BatchNorm running statistics drawn at random (mean in [-0.5, 
 folded copy's input gradient (logit 3, batch 2, 224², float32) from the model's own, next to the
 float32 model's own distance from the same model in float64: a fold is as exact as float32 when the
 two are of a size (random-weight models can be badly conditioned: GoogLeNet's float32 gradient is
-about half its own size away from its float64 one; SqueezeNet's gradient is zero, all its ReLUs dead). Time: one thread, batch 1, paired rounds (plain and folded back to back, order
-alternating), median per-round ratio.
+about half its own size away from its float64 one; SqueezeNet's gradient is zero, all its ReLUs dead).
+Time: ``bench_engine.py``'s bare loop (logit 3, batch 1, fvis's starting image, channels-last input)
+on the model and on the folded copy, paired as there (blocks back to back, order alternating),
+median per-round ratio.
 
     python scripts/bench_fold.py [--rounds 5] [--steps 3] [--out results/bench_fold.md]
 """
@@ -18,7 +20,6 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +29,9 @@ from torch import nn
 import fvis
 from fvis import fold as F
 from fvis.hooks import frozen, inference_copy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import bare_step_seconds, paired  # noqa: E402  (the same timed loop and pairing)
 
 ARCHS = ["efficientnet-lite0", "resnet18", "resnet50", "mobilenet_v3_large", "densenet121", "regnet_y_400mf",
          "convnext_tiny", "vgg11_bn", "efficientnet_b0", "shufflenet_v2_x1_0", "googlenet", "inception_v3",
@@ -53,14 +57,6 @@ def grad(model, x, dtype=torch.float32):
     return xi.grad.double()
 
 
-def step_seconds(model, x, steps):
-    start = time.perf_counter()
-    for _ in range(steps):
-        xi = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
-        model(xi)[:, 3].sum().backward()
-    return (time.perf_counter() - start) / steps
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
@@ -80,12 +76,9 @@ def main() -> None:
             g64 = grad(copy.deepcopy(model).double(), x, torch.float64)
             fold_rel = float((g_fold - g32).norm() / g32.norm())
             f32_rel = float((g32 - g64).norm() / g64.norm())
-            step_seconds(model, x[:1], 1), step_seconds(folded, x[:1], 1)  # warm-up
-            pairs = []
-            for r in range(args.rounds):
-                order = (model, folded) if r % 2 == 0 else (folded, model)
-                t = {id(m): step_seconds(m, x[:1], args.steps) for m in order}
-                pairs.append((t[id(model)], t[id(folded)]))
+            pairs = paired(args.steps, args.rounds,
+                           *[lambda n, m=m: bare_step_seconds(m, 1, n, 224, target_class=3, channels_last=True)
+                             for m in (model, folded)])
         ratio = statistics.median(f / p for p, f in pairs)
         plain = statistics.median(p for p, _ in pairs)
         fast = statistics.median(f for _, f in pairs)

@@ -119,7 +119,7 @@ def test_untraceable_hooked_or_wrong_copies_fall_back(monkeypatch):
 
 def test_tiny_models_and_small_batches_run_the_model_itself(monkeypatch):
     calls = []
-    monkeypatch.setattr("fvis.features.activations.inference_copy", lambda m, l, p: calls.append(1) or m)
+    monkeypatch.setattr("fvis.hooks.inference_copy", lambda m, l, p: calls.append(1) or m)
     net = fvis.wrap(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2)),
                     mean=None, std=None, input_size=8)
     net(torch.rand(1, 3, 8, 8))  # materialize the lazy layer

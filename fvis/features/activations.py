@@ -29,7 +29,7 @@ from torchvision.transforms.v2 import functional as F
 from ..datasets import ImageFolder, read_images, warn_skipped
 from ..errors import FvisError
 from ..files import atomic_write, list_images, load_image
-from ..hooks import OUTPUT, Capture, frozen, inference_copy
+from ..hooks import OUTPUT, Capture, frozen
 from ..progress import progress_bar
 from ..reference import cache_dir
 
@@ -105,15 +105,12 @@ def compute_activations(model, images: torch.Tensor, layers: Sequence[str], pool
     device = _device(model)
     batch_size = batch_for(model, batch_size)
     parts: dict[str, list] = {l: [] for l in layers}
-    with frozen(model):
-        run = inference_copy(model, layers, images[:batch_size].to(device)) \
-            if fold and len(images) > batch_size else model
-        with Capture(run, layers) as cap:
-            cap.plan(images[:1].to(device))
-            for i in range(0, len(images), batch_size):
-                acts = cap.forward(images[i:i + batch_size].to(device))
-                for l in layers:
-                    parts[l].append(_represent(acts[l], pool).cpu())
+    with frozen(model), Capture(model, layers, fold=fold and len(images) > batch_size) as cap:
+        cap.plan(images[:1].to(device))
+        for i in range(0, len(images), batch_size):
+            acts = cap.forward(images[i:i + batch_size].to(device))
+            for l in layers:
+                parts[l].append(_represent(acts[l], pool).cpu())
     return {l: torch.cat(p) for l, p in parts.items()}
 
 
@@ -241,15 +238,13 @@ def view_images(images: Images, acts: FolderActivations, size: tuple[int, int], 
 
 def folder_activations(model, images: Images, layer: str, *, pool: str = "mean", views: int = 1,
                        positions: int = 16, logits: bool = False, batch_size: int = 16, seed: int = 0,
-                       cache: str | Path | None | bool = None, progress: bool = False,
-                       fold: bool = False) -> FolderActivations:
+                       cache: str | Path | None | bool = None, progress: bool = False) -> FolderActivations:
     """``layer``'s activations for every readable image of ``images`` (a folder or an
     ``(N, C, H, W)`` tensor in [0, 1]) and ``views - 1`` extra seeded crops/flips of each.
     ``pool="mean"``: the spatial mean, one row per view; ``"spatial"``: ``positions`` random
     positions of the map per view (all of them when the map is smaller), one row each; the layer
     must give a ``(C, H, W)`` map. ``logits``: also keep the model output per view.
-    ``cache``: folder (default ``$FVIS_CACHE``), or ``False`` for none. ``fold``: as in
-    :func:`compute_activations` (off here by default: maps and atlases keep their recorded values)."""
+    ``cache``: folder (default ``$FVIS_CACHE``), or ``False`` for none."""
     if pool not in FOLDER_POOLS:
         raise FvisError(f"unknown pooling {pool!r}: choose from {', '.join(FOLDER_POOLS)}")
     if views < 1 or positions < 1 or batch_size < 1:
@@ -277,43 +272,38 @@ def folder_activations(model, images: Images, layer: str, *, pool: str = "mean",
     jobs = [(i, v) for i in range(len(sources)) for v in range(views)]
     vals, img_idx, view_idx, pos, outs, grid = [], [], [], [], [], None
     batches = progress_bar(range(0, len(jobs), batch_size), show=progress, desc=f"activations of {layer}")
-    with frozen(model), torch.no_grad():
-        run = model
-        if fold and len(jobs) > batch_size:  # a checked inference copy (fvis.fold), probed on the first batch
-            probe = torch.stack([view_of(sources[i], size, v, seed, i) for i, v in jobs[:batch_size]]).to(device)
-            run = inference_copy(model, layers, probe)
-        with Capture(run, layers, truncate=not logits) as cap:
-            planned = False
-            for b in batches:
-                chunk = jobs[b:b + batch_size]
-                x = torch.stack([view_of(sources[i], size, v, seed, i) for i, v in chunk]).to(device)
-                if not planned:
-                    cap.plan(x[:1])
-                    planned = True
-                acts = cap.forward(x)
-                a = acts[layer].float()
-                if pool == "spatial" and a.dim() != 4:
-                    raise FvisError(f"layer {layer!r} has no spatial output (its output is {tuple(a.shape[1:])}, "
-                                    f"not channels x height x width); pick an earlier layer")
-                if logits:
-                    outs.append(acts[OUTPUT].float().cpu())
-                if pool == "mean" or a.dim() < 3:
-                    vals.append(_represent(a, "mean").cpu())
-                    img_idx += [i for i, _ in chunk]
-                    view_idx += [v for _, v in chunk]
-                    pos += [(-1, -1)] * len(chunk)
-                    grid = tuple(a.shape[2:4]) if a.dim() == 4 else (1, 1)
-                    continue
-                grid = tuple(a.shape[2:])
-                hw = grid[0] * grid[1]
-                flat = a.flatten(2).cpu()  # (B, C, HW)
-                for row, (i, v) in enumerate(chunk):
-                    g = torch.Generator().manual_seed(_seed(seed, i, v, -1))
-                    keep = torch.randperm(hw, generator=g)[:positions].sort().values
-                    vals.append(flat[row][:, keep].T)
-                    img_idx += [i] * len(keep)
-                    view_idx += [v] * len(keep)
-                    pos += [(int(k) // grid[1], int(k) % grid[1]) for k in keep]
+    with frozen(model), Capture(model, layers, truncate=not logits) as cap, torch.no_grad():
+        planned = False
+        for b in batches:
+            chunk = jobs[b:b + batch_size]
+            x = torch.stack([view_of(sources[i], size, v, seed, i) for i, v in chunk]).to(device)
+            if not planned:
+                cap.plan(x[:1])
+                planned = True
+            acts = cap.forward(x)
+            a = acts[layer].float()
+            if pool == "spatial" and a.dim() != 4:
+                raise FvisError(f"layer {layer!r} has no spatial output (its output is {tuple(a.shape[1:])}, "
+                                f"not channels x height x width); pick an earlier layer")
+            if logits:
+                outs.append(acts[OUTPUT].float().cpu())
+            if pool == "mean" or a.dim() < 3:
+                vals.append(_represent(a, "mean").cpu())
+                img_idx += [i for i, _ in chunk]
+                view_idx += [v for _, v in chunk]
+                pos += [(-1, -1)] * len(chunk)
+                grid = tuple(a.shape[2:4]) if a.dim() == 4 else (1, 1)
+                continue
+            grid = tuple(a.shape[2:])
+            hw = grid[0] * grid[1]
+            flat = a.flatten(2).cpu()  # (B, C, HW)
+            for row, (i, v) in enumerate(chunk):
+                g = torch.Generator().manual_seed(_seed(seed, i, v, -1))
+                keep = torch.randperm(hw, generator=g)[:positions].sort().values
+                vals.append(flat[row][:, keep].T)
+                img_idx += [i] * len(keep)
+                view_idx += [v] * len(keep)
+                pos += [(int(k) // grid[1], int(k) % grid[1]) for k in keep]
     tensors = {"values": torch.cat(vals).contiguous(), "image": torch.tensor(img_idx),
                "view": torch.tensor(view_idx), "position": torch.tensor(pos, dtype=torch.long).view(-1, 2)}
     if logits:
