@@ -2,7 +2,9 @@
 
 For an image ``x`` made for class ``c`` by model A: ``clean_p`` = p_A(c | x); ``robustness`` =
 fraction of held-out random transforms (:func:`fvis.metrics.heldout_transforms`) under which A
-still predicts c; ``transfer`` = top-1 accuracy of independent evaluator models on x; ``hfer`` =
+still predicts c; ``transfer`` = top-1 accuracy of independent evaluator models on x
+(``transfer_heldout``: under the held-out transforms; ``transfer_unseen``: under a family of colour,
+resolution, JPEG and noise transforms no recipe trains on, :func:`fvis.metrics.unseen_transforms`); ``hfer`` =
 share of luminance spectral energy above 0.25 cycles/pixel; ``path_similarity`` (with a folder of
 natural reference images; Geirhos et al. 2023) = Spearman correlation of x's per-layer pooled
 activations with the class mean of natural images of c, averaged over layers and normalized so that
@@ -31,7 +33,8 @@ from .metrics import heldout_predictions
 from .models import ImageModel
 from .naturalness import naturalness, photo_ranges
 
-COLUMNS = ("image", "class", "name", "clean_p", "robustness", "transfer", "transfer_heldout", "hfer")
+COLUMNS = ("image", "class", "name", "clean_p", "robustness", "transfer", "transfer_heldout", "transfer_unseen",
+           "hfer")
 PATH_COLUMNS = ("path_similarity", "path_similarity_raw")
 _CLASS_FILE = re.compile(r"^(\d+)_")
 _OWN_SUMMARIES = {"contact_sheet.png", "entanglement.png"}  # fvis writes these next to prototypes
@@ -48,20 +51,23 @@ def evaluate_images(model: ImageModel, images: torch.Tensor, classes: Sequence[i
     """Per image ``(B, C, H, W)`` in [0, 1]: ``clean_p``, ``robustness`` (``None`` if
     ``transforms == 0``), ``transfer`` (``None`` without evaluators), ``transfer_heldout`` (the
     evaluators' top-1 accuracy under the same held-out transforms; ``None`` without evaluators or
-    transforms), ``hfer``, and each evaluator's top-1 hit under ``top1[<name>]``. Images are
+    transforms), ``transfer_unseen`` (the same under as many :func:`fvis.metrics.unseen_transforms`),
+    ``hfer``, and each evaluator's top-1 hit under ``top1[<name>]``. Images are
     resized to each model's input size."""
     device = next(model.parameters()).device
     c = torch.as_tensor(list(classes), dtype=torch.long)
     x = _at_size(model, images.to(device))
     clean_p = model(x).softmax(1)[torch.arange(len(c)), c.to(device)].cpu()
     robust = (heldout_predictions(model, x, transforms, seed) == c[:, None]).float().mean(1) if transforms else None
-    hits, held = {}, []
+    hits, held, unseen = {}, [], []
     for ev in evaluators:
         dev = next(ev.parameters()).device
         x_ev = _at_size(ev, images.to(dev))
         hits[ev.name] = (ev(x_ev).argmax(1).cpu() == c)
         if transforms:
             held.append((heldout_predictions(ev, x_ev, transforms, seed) == c[:, None]).float().mean(1))
+            unseen.append((heldout_predictions(ev, x_ev, transforms, seed, family="unseen") == c[:, None])
+                          .float().mean(1))
     hfer = high_frequency_energy(images.float().cpu())
     rows = []
     for i in range(len(c)):
@@ -70,6 +76,7 @@ def evaluate_images(model: ImageModel, images: torch.Tensor, classes: Sequence[i
             "robustness": None if robust is None else float(robust[i]),
             "transfer": (sum(float(h[i]) for h in hits.values()) / len(hits)) if hits else None,
             "transfer_heldout": (sum(float(h[i]) for h in held) / len(held)) if held else None,
+            "transfer_unseen": (sum(float(h[i]) for h in unseen) / len(unseen)) if unseen else None,
             "hfer": float(hfer[i]),
             "top1": {name: bool(h[i]) for name, h in hits.items()},
         })
@@ -313,7 +320,7 @@ def markdown(report: dict) -> str:
             f"({len(ref['layers'])} layers).") if ref else ""
     ranges = "; ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in photo_ranges().items())
     lines = [f"Model {report['model']}; evaluators {', '.join(report['evaluators']) or 'none'}; "
-             f"{report['transforms']} held-out transforms (seed {report['seed']}).{path} Naturalness: "
+             f"{report['transforms']} held-out and as many unseen transforms (seed {report['seed']}).{path} Naturalness: "
              f"natural_in_range counts the statistics inside the offline photos' ranges ({ranges}).", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in report["rows"]:

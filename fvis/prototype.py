@@ -217,8 +217,10 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
     objective = obj.class_logits(item_classes, log_prob=r.log_prob)
     regs = ([reg.TransformRobustness(jitter=r.jitter, scales=r.scales(), degrees=r.degrees, flip=r.flip)]
             if r.transforms else [])
-    if r.tv or r.high_freq:
-        regs.append(reg.FrequencyPenalty(tv=r.tv, high_freq=r.high_freq))
+    if r.blur:
+        regs.append(reg.RandomBlur((min(0.1, r.blur), r.blur)))
+    if r.tv or r.high_freq or r.hf_energy:
+        regs.append(reg.FrequencyPenalty(tv=r.tv, high_freq=r.high_freq, hf_energy=r.hf_energy))
     if r.l2:
         regs.append(reg.L2(r.l2))
     matching = natural_regularizer(model, r, item_classes, seed_image, cache, progress)

@@ -29,9 +29,11 @@ class Recipe:
     Optimizer: ``steps``, ``lr``, ``lr_schedule`` (constant | cosine: down to 10 % of ``lr``).
     Transforms: ``transforms`` (Lucid's pad/jitter/scale/rotate), ``flip`` (mirror probability),
     their strength ``jitter`` (px, first shift), ``scale_range`` (``(lo, hi)``, sampled in steps of
-    0.02) and ``degrees`` (rotation within ``±degrees``).
+    0.02) and ``degrees`` (rotation within ``±degrees``); ``blur`` (after them, a Gaussian blur of
+    sigma drawn per item in ``[0.1, blur]`` px; 0: none).
     Priors: ``tv`` (total variation), ``l2`` (mean squared distance from grey), ``high_freq``
-    (high-frequency *energy*, not its share).
+    (the *share* of high-frequency energy, HFER), ``hf_energy`` (the absolute energy of the detail
+    finer than a 1 px Gaussian: cannot be lowered by adding a blob).
     Natural activations: ``match`` is the source (``bn``: BatchNorm running statistics, data-free;
     ``images:DIR``: reference photos; ``seed``: the ``image:PATH`` start's own activations;
     ``none``), ``match_stat`` what is matched (``moments``: per-channel mean and std; ``sorted``:
@@ -57,9 +59,11 @@ class Recipe:
     jitter: int = 8
     scale_range: tuple = (0.9, 1.1)
     degrees: float = 10.0
+    blur: float = 0.0
     tv: float = 0.0
     l2: float = 0.0
     high_freq: float = 0.0
+    hf_energy: float = 0.0
     match: str = "none"
     match_stat: str = "moments"
     match_over: str = "item"

@@ -1,6 +1,9 @@
 """Penalty regularizers on the input image (per item, minimized)."""
 from __future__ import annotations
 
+import math
+
+import kornia
 import torch
 
 from .base import Regularizer
@@ -42,16 +45,29 @@ def high_frequency_energy(x: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor
     return (power * (f > cutoff)).flatten(1).sum(1) / total
 
 
-class FrequencyPenalty(Regularizer):
-    """Penalize high frequencies per item: ``tv * total_variation + high_freq * HFER``.
+def high_pass_power(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Mean squared luminance detail finer than a Gaussian of ``sigma`` px (``lum - blur(lum)``,
+    reflected borders): an absolute high-frequency energy ``(B,)``. Unlike the HFER *share*, it
+    cannot be lowered by adding low-frequency energy (a large blob)."""
+    lum = x.mean(1, keepdim=True) if x.shape[1] != 3 else (
+        0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    size = 2 * math.ceil(2 * sigma) + 1
+    smooth = kornia.filters.gaussian_blur2d(lum, size, (sigma, sigma), border_type="reflect")
+    return (lum - smooth).pow(2).flatten(1).mean(1)
 
-    ``total_variation`` is the mean absolute difference of neighbouring pixels;
-    ``HFER`` the share of spectral energy above ``cutoff`` cycles/pixel.
+
+class FrequencyPenalty(Regularizer):
+    """Penalize high frequencies per item:
+    ``tv * total_variation + high_freq * HFER + hf_energy * high_pass_power``.
+
+    ``total_variation`` is the mean absolute difference of neighbouring pixels; ``HFER`` the
+    share of spectral energy above ``cutoff`` cycles/pixel; ``high_pass_power`` the absolute
+    energy of the detail finer than a 1 px Gaussian (:func:`high_pass_power`).
     """
 
-    def __init__(self, tv: float = 0.25, high_freq: float = 0.0, cutoff: float = 0.25):
+    def __init__(self, tv: float = 0.25, high_freq: float = 0.0, cutoff: float = 0.25, hf_energy: float = 0.0):
         super().__init__(1.0, name="frequency")
-        self.tv, self.high_freq, self.cutoff = tv, high_freq, cutoff
+        self.tv, self.high_freq, self.cutoff, self.hf_energy = tv, high_freq, cutoff, hf_energy
 
     def penalty(self, x, acts):
         out = x.new_zeros(x.shape[0])
@@ -61,4 +77,6 @@ class FrequencyPenalty(Regularizer):
             out = out + self.tv * (dx + dy)
         if self.high_freq:
             out = out + self.high_freq * high_frequency_energy(x, self.cutoff)
+        if self.hf_energy:
+            out = out + self.hf_energy * high_pass_power(x)
         return out

@@ -1,7 +1,8 @@
 """Prototype recipes side by side (issue 17): EfficientNet-Lite0 generating, Lite1 and Lite2
 judging, on 20 classes that no recipe was tuned on, at equal wall time per prototype.
 
-Per recipe: clean p, robustness, transfer, transfer under the held-out transforms, HFER, the
+Per recipe: clean p, robustness, transfer, transfer under the held-out transforms and under a
+family no recipe trains on (colour, resolution, JPEG, noise), HFER, the
 naturalness statistics (share of images inside the offline photos' range), seconds per prototype,
 one labelled contact sheet, and a blind-test folder (unlabelled images in shuffled order, 30
 candidate names per image; the answer key is kept apart). Writes results/prototype/.
@@ -128,13 +129,14 @@ def main(argv=None) -> int:
         natural = {k: sum(lo <= p.metrics["naturalness"][k] <= hi for p in protos) / len(protos)
                    for k, (lo, hi) in photo_ranges().items()}
         rows.append({"recipe": name, "steps": steps, "clean_p": mean("clean_p"), "robustness": mean("robustness"),
-                     "transfer": mean("transfer"), "transfer_heldout": mean("transfer_heldout"), "hfer": mean("hfer"),
+                     "transfer": mean("transfer"), "transfer_heldout": mean("transfer_heldout"),
+                     "transfer_unseen": mean("transfer_unseen"), "hfer": mean("hfer"),
                      "natural": natural, "s_per_prototype": protos[0].seconds, "wall_s": wall,
                      "settings": protos[0].settings, "per_class": {p.cls: p.metrics for p in protos}})
         sheets[name] = protos
         r = rows[-1]
         print(f"{name:14s} steps {steps:4d} clean_p {r['clean_p']:.3f} robust {r['robustness']:.3f} "
-              f"transfer {r['transfer']:.3f} held-out {r['transfer_heldout']:.3f} hfer {r['hfer']:.3f} "
+              f"transfer {r['transfer']:.3f} held-out {r['transfer_heldout']:.3f} unseen {r['transfer_unseen']:.3f} hfer {r['hfer']:.3f} "
               f"{r['s_per_prototype']:.1f} s/prototype", flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         contact_sheet([p.image for p in protos], [f"{p.name} p={p.metrics['clean_p']:.2f}" for p in protos],
@@ -145,12 +147,12 @@ def main(argv=None) -> int:
              f"{f'{args.steps} steps' if args.steps else f'{args.seconds:g} s'} per prototype on {args.device} ({torch.get_num_threads()} threads); evaluators "
              f"{args.evaluators}; 32 held-out transforms. Naturalness columns: share of images inside the "
              f"offline photos' range.", "",
-             "| recipe | steps | clean_p | robustness | transfer | transfer held-out | HFER | "
+             "| recipe | steps | clean_p | robustness | transfer | transfer held-out | transfer unseen | HFER | "
              + " | ".join(stats) + " | s / prototype |",
-             "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stats) + "---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stats) + "---:|"]
     for r in rows:
         lines.append(f"| {r['recipe']} | {r['steps']} | {r['clean_p']:.3f} | {r['robustness']:.3f} | "
-                     f"{r['transfer']:.3f} | {r['transfer_heldout']:.3f} | {r['hfer']:.3f} | "
+                     f"{r['transfer']:.3f} | {r['transfer_heldout']:.3f} | {r['transfer_unseen']:.3f} | {r['hfer']:.3f} | "
                      + " | ".join(f"{r['natural'][k]:.2f}" for k in stats) + f" | {r['s_per_prototype']:.1f} |")
     cmd = "python scripts/bench_prototype.py " + " ".join(argv if argv is not None else sys.argv[1:])
     table = "\n".join(lines) + f"\n\nCommand: `{cmd.strip()}`\n"

@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import functional as F
 import fvis
 from fvis.cli import main
 from fvis.files import load_image
-from fvis.metrics import heldout_transforms
+from fvis.metrics import heldout_transforms, unseen_transforms
 
 ESPRESSO = 967
 
@@ -47,7 +47,10 @@ def test_evaluate_matches_hand_computation(lite0, coffee, tmp_path, capsys):
         clean_p = lite0(x).softmax(1)[0, ESPRESSO].item()
         held = [lite0(t[None]).argmax(1).item() == ESPRESSO for t in heldout_transforms(x, 4, seed=3)]
         transfer = float(lite1(F.resize(x, [240, 240], antialias=True)).argmax(1).item() == ESPRESSO)
+        x1 = F.resize(x, [240, 240], antialias=True)
+        unseen = (lite1(unseen_transforms(x1, 4, seed=3)).argmax(1) == ESPRESSO).float().mean().item()
     row = rows["967_coffee.png"]
+    assert row["transfer_unseen"] == pytest.approx(unseen)
     assert row["clean_p"] == pytest.approx(clean_p, abs=1e-5) and clean_p > 0.5
     assert row["robustness"] == pytest.approx(sum(held) / 4)
     assert row["transfer"] == transfer == 1.0
@@ -163,3 +166,15 @@ def test_path_similarity_single_reference_image_and_missing_class(lite0, tmp_pat
     rows = ref.score([torch.zeros(1, a.shape[0]).add_(torch.arange(a.shape[0])) for a in ref.means[1]], [1])
     assert rows[0]["path_similarity"] is None and rows[0]["path_similarity_raw"] is not None
     assert ref.score([m[None] for m in ref.means[1]], [3]) == [{"path_similarity": None, "path_similarity_raw": None}]
+
+
+def test_unseen_transforms_are_seeded_in_range_and_not_the_heldout_family(coffee):
+    x = coffee[None]
+    a, b = unseen_transforms(x, 6, seed=1), unseen_transforms(x, 6, seed=1)
+    assert a.shape == (6, 3, 224, 224) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+    assert not torch.equal(a, unseen_transforms(x, 6, seed=2))
+    assert (a - x).abs().flatten(1).mean(1).min() > 0.005  # every copy changed
+    # colour, resolution, compression and noise: no geometry, so each copy still lines up with the photo,
+    # unlike the held-out family's shifted and rotated copies
+    same_place = lambda t: torch.stack([torch.corrcoef(torch.stack([c.flatten(), x[0].flatten()]))[0, 1] for c in t])  # noqa: E731
+    assert same_place(a).min() > 0.9 > same_place(heldout_transforms(x, 6, seed=1)).min()

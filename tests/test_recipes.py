@@ -102,6 +102,31 @@ def test_flip_mirrors_and_leaves_flip_free_runs_unchanged():
     assert torch.equal(a, b)  # no extra random draws without flips: old seeds give old images
 
 
+def test_random_blur_is_kornias_blur_per_item_and_seeded():
+    import kornia
+    x = torch.rand(4, 3, 24, 20, generator=torch.Generator().manual_seed(1))
+    fixed = reg.RandomBlur((0.8, 0.8)).transform(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(fixed, kornia.filters.gaussian_blur2d(x, 5, (0.8, 0.8), border_type="reflect"), atol=1e-6)
+    blur = reg.RandomBlur((0.1, 1.5))
+    a, b = (blur.transform(x, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert torch.equal(a, b) and a.shape == x.shape
+    power = reg.high_pass_power(a)
+    assert (power <= reg.high_pass_power(x) + 1e-6).all() and power.max() / power.min() > 1.2  # one sigma per item
+    assert torch.equal(reg.RandomBlur(p=0.0).transform(x, torch.Generator()), x)
+    with pytest.raises(ValueError, match="sigma"):
+        reg.RandomBlur((0.0, 1.0))
+
+
+def test_high_pass_power_is_not_lowered_by_a_blob_unlike_the_hfer_share():
+    texture = 0.5 + 0.1 * torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    blob = texture + 0.4 * torch.exp(-(xx ** 2 + yy ** 2) / 0.2)  # the washed-out centre of the HFER penalty
+    assert reg.high_frequency_energy(blob).item() < 0.5 * reg.high_frequency_energy(texture).item()
+    assert reg.high_pass_power(blob).item() == pytest.approx(reg.high_pass_power(texture).item(), rel=0.02)
+    pen = reg.FrequencyPenalty(tv=0.0, hf_energy=100.0)
+    assert pen.penalty(blob, None).item() == pytest.approx(100 * reg.high_pass_power(blob).item())
+
+
 def test_coarse_to_fine_hands_the_image_on_without_a_jump(lite0):
     objective = obj.class_logits([980])
     coarse = Upsampled(FourierImage(112, seed=0), 224)
@@ -123,7 +148,8 @@ def test_recipe_settings_are_checked_once_with_clear_errors(tmp_path):
                          ({"init": "image:/no/such.png"}, "not found"), ({"param": "maco", "coarse": 0.5}, "maco"),
                          ({"scale_range": (1.2, 0.8)}, "scale_range"), ({"scale_range": (0.0, 1.0)}, "scale_range"),
                          ({"jitter": -1}, "jitter"), ({"degrees": -5.0}, "degrees"),
-                         ({"degrees": float("nan")}, "degrees"), ({"scale_range": (0.5, float("inf"))}, "scale_range")]:
+                         ({"degrees": float("nan")}, "degrees"), ({"scale_range": (0.5, float("inf"))}, "scale_range"),
+                         ({"blur": -1.0}, "blur"), ({"hf_energy": float("inf")}, "hf_energy")]:
         with pytest.raises(FvisError, match=message):
             Recipe("x").replace(**bad)
     assert Recipe("x").replace(match_layers=["a", "b"]).settings()["match_layers"] == ["a", "b"]

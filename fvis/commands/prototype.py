@@ -45,7 +45,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--jitter", type=nonnegative_int, help="transforms' random shift in px (robust: 16, the others: 8)")
     parser.add_argument("--scale-range", type=scale_range, metavar="LO,HI", help="transforms' scale factors (robust: 0.8,1.2, the others: 0.9,1.1)")
     parser.add_argument("--degrees", type=float, help="transforms' rotation within +-degrees (robust: 15, the others: 10)")
-    parser.add_argument("--high-freq", type=float, help="weight of the high-frequency share penalty")
+    parser.add_argument("--blur", type=float, help="random Gaussian blur after the transforms: largest sigma in px (0: none)")
+    parser.add_argument("--high-freq", type=float, help="weight of the high-frequency share (HFER) penalty")
+    parser.add_argument("--hf-energy", type=float, help="weight of the absolute high-frequency energy penalty")
     parser.add_argument("--tv", type=float, help="weight of the total-variation penalty")
     parser.add_argument("--l2", type=float, help="weight of the L2 prior (distance from grey)")
     parser.add_argument("--diversity", type=float, default=None, help="within-class diversity weight (default 50 when K > 1)")
@@ -65,7 +67,7 @@ def run(args) -> None:
     recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(  # every check of the settings, before any work
         steps=args.steps, match=args.match, match_stat=args.match_stat, match_over=args.match_over,
         match_ratio=args.match_ratio, match_layers=layers, param=args.param, init=args.init, coarse=args.coarse,
-        flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, high_freq=args.high_freq, tv=args.tv, l2=args.l2, lr=args.lr, diversity=args.diversity)
+        flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, diversity=args.diversity)
     if recipe.match.startswith("images:"):
         list_images(recipe.match.split(":", 1)[1])  # the folder exists and holds images
     if args.reference is not None:
