@@ -52,7 +52,10 @@ def high_pass_power(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     lum = x.mean(1, keepdim=True) if x.shape[1] != 3 else (
         0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
     size = 2 * math.ceil(2 * sigma) + 1
-    smooth = kornia.filters.gaussian_blur2d(lum, size, (sigma, sigma), border_type="reflect")
+    # sigma as a (B, 2) tensor: kornia then filters all items in one grouped convolution, which on the
+    # CPU is ~10x faster than its shared-kernel path (same values)
+    sigmas = torch.full((lum.shape[0], 2), float(sigma), device=x.device, dtype=x.dtype)
+    smooth = kornia.filters.gaussian_blur2d(lum, size, sigmas, border_type="reflect")
     return (lum - smooth).pow(2).flatten(1).mean(1)
 
 

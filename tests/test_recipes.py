@@ -123,6 +123,10 @@ def test_high_pass_power_is_not_lowered_by_a_blob_unlike_the_hfer_share():
     blob = texture + 0.4 * torch.exp(-(xx ** 2 + yy ** 2) / 0.2)  # the washed-out centre of the HFER penalty
     assert reg.high_frequency_energy(blob).item() < 0.5 * reg.high_frequency_energy(texture).item()
     assert reg.high_pass_power(blob).item() == pytest.approx(reg.high_pass_power(texture).item(), rel=0.02)
+    import kornia
+    lum = (0.299 * blob[:, :1] + 0.587 * blob[:, 1:2] + 0.114 * blob[:, 2:3])
+    detail = lum - kornia.filters.gaussian_blur2d(lum, 5, (1.0, 1.0), border_type="reflect")
+    assert reg.high_pass_power(blob).item() == pytest.approx(detail.pow(2).mean().item(), rel=1e-5)
     pen = reg.FrequencyPenalty(tv=0.0, hf_energy=100.0)
     assert pen.penalty(blob, None).item() == pytest.approx(100 * reg.high_pass_power(blob).item())
 
@@ -177,6 +181,8 @@ def test_every_recipe_raises_its_class_on_real_lite0(lite0, coffee, tmp_path, na
     floor = 0.0 if name == "accentuate" else 0.05  # 16 steps turn a grey start, not a photo, into the class
     assert p.metrics["clean_p"] > max(floor, 50 * before), (name, before, p.metrics["clean_p"])
     assert len(p.history["objective"]) == 16
+    r = RECIPES[name]
+    assert ("frequency" in p.history) == bool(r.tv or r.high_freq or r.hf_energy)  # its penalty ran, per step
     assert set(p.metrics["naturalness"]) >= set(photo_ranges())
 
 
@@ -201,3 +207,10 @@ def test_naturalness_puts_photos_inside_their_ranges_and_a_plain_render_outside(
     for p in render:
         n = p.metrics["naturalness"]
         assert n["natural_in_range"] < n["natural_total"], n
+
+
+def test_blur_setting_reaches_the_optimization(lite0):
+    run = lambda **kw: make_prototypes(lite0, [94], recipe="robust", steps=3, size=64, heldout=0,  # noqa: E731
+                                       progress=False, **kw)[0].image
+    plain, again, blurred = run(), run(), run(blur=1.0)
+    assert torch.equal(plain, again) and not torch.allclose(plain, blurred, atol=1e-4)
