@@ -12,7 +12,7 @@ UNSEEN = {"brightness": 0.15, "contrast": (0.7, 1.3), "saturation": (0.6, 1.4), 
 
 
 def heldout_transforms(images: torch.Tensor, n: int = 32, seed: int = 0) -> torch.Tensor:
-    """``n`` seeded random geometric transforms per image: shift ±16 px, scale 0.8–1.2, rotate
+    """``n`` seeded random transforms per image: shift ±16 px, scale 0.8–1.2, rotate
     ±15°, horizontal flip (p = 0.5), mild Gaussian blur (sigma 0.1–1.0); reflection padding.
     Independent draws of the family the ``robust`` recipe trains with (held-out draws, not a
     held-out family: that is :func:`unseen_transforms`). ``(B, C, H, W) -> (B * n, C, H, W)``,
@@ -51,10 +51,13 @@ def unseen_transforms(images: torch.Tensor, n: int = 32, seed: int = 0) -> torch
     x = kornia.enhance.adjust_contrast(x, u(c_lo, c_hi), clip_output=True)
     if x.shape[1] == 3:
         x = kornia.enhance.adjust_saturation(x, u(s_lo, s_hi))
+    def shrunk(item, r):  # down to r of the side (antialiased), then back up
+        small = F.interpolate(item, size=(max(1, round(h * r)), max(1, round(w * r))), mode="bilinear",
+                              antialias=True, align_corners=False)
+        return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
     r = u(*UNSEEN["resolution"]).cpu()
-    x = torch.cat([F.interpolate(F.interpolate(x[i:i + 1], size=(max(1, round(h * float(r[i]))), max(1, round(w * float(r[i])))),
-                                               mode="bilinear", antialias=True, align_corners=False),
-                                 size=(h, w), mode="bilinear", align_corners=False) for i in range(m)])
+    x = torch.cat([shrunk(x[i:i + 1], float(r[i])) for i in range(m)])
     x = x.clamp(0, 1)
     if x.shape[1] == 3:
         x = kornia.enhance.jpeg_codec_differentiable(x, u(*UNSEEN["jpeg"]))
