@@ -5,6 +5,8 @@ import kornia
 import torch
 import torch.nn.functional as F
 
+from regularizers import gaussian_blur
+
 HELDOUT = {"jitter": 16, "scale": (0.8, 1.2), "degrees": 15.0, "flip": 0.5, "blur_sigma": (0.1, 1.0)}
 # a family no fvis recipe trains on: colour, resolution, compression and sensor noise
 UNSEEN = {"brightness": 0.15, "contrast": (0.7, 1.3), "saturation": (0.6, 1.4), "resolution": (0.4, 0.7),
@@ -27,14 +29,14 @@ def heldout_transforms(images: torch.Tensor, n: int = 32, seed: int = 0) -> torc
     angle = (u(m) * 2 - 1) * HELDOUT["degrees"]
     flip = u(m) < HELDOUT["flip"]
     s_lo, s_hi = HELDOUT["blur_sigma"]
-    sigma = (s_lo + (s_hi - s_lo) * u(m)).unsqueeze(1).expand(m, 2)
+    sigma = s_lo + (s_hi - s_lo) * u(m)
     center = torch.tensor([(w - 1) / 2, (h - 1) / 2]).expand(m, 2)
     matrix = kornia.geometry.transform.get_affine_matrix2d(shift, center, scale, angle)[:, :2]
     dev = images.device
     x = kornia.geometry.transform.warp_affine(x, matrix.to(dev, x.dtype), (h, w), padding_mode="reflection",
                                               align_corners=True)
     x = torch.where(flip.to(dev).view(-1, 1, 1, 1), x.flip(-1), x)
-    return kornia.filters.gaussian_blur2d(x, 5, sigma.to(dev, x.dtype)).clamp(0, 1)
+    return gaussian_blur(x, sigma, 5).clamp(0, 1)
 
 
 def unseen_transforms(images: torch.Tensor, n: int = 32, seed: int = 0) -> torch.Tensor:

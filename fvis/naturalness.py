@@ -14,14 +14,12 @@ from importlib.resources import files
 
 import torch
 
-from regularizers import high_frequency_energy
+from regularizers import high_frequency_energy, luminance
 
 
 def _luminance(x: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W) -> (B, H, W)``, Rec. 601 weights (mean of channels for other counts)."""
-    if x.shape[1] != 3:
-        return x.mean(1)
-    return 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    """``(B, 3, H, W) -> (B, H, W)``: :func:`regularizers.luminance`."""
+    return luminance(x)[:, 0]
 
 
 def colourfulness(x: torch.Tensor) -> torch.Tensor:

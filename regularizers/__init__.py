@@ -8,9 +8,9 @@ from .mask import MaskArea, MaskSmoothness
 from .distribution import SortedMatching, gaussian_quantiles, quantile_levels
 from .matching import ActivationMatching, batchnorm_layers, batchnorm_stats
 from .snap import Snap, nearest
-from .penalties import L1, L2, FrequencyPenalty, LpPenalty, high_frequency_energy, high_pass_power
-from .blur import RandomBlur
+from .penalties import L1, L2, FrequencyPenalty, LpPenalty, high_frequency_energy, high_pass_power, luminance
+from .blur import RandomBlur, gaussian_blur
 from .transforms import DEFAULT_SCALES, TransformRobustness
 
-__all__ = ["Regularizer", "ActivationMatching", "SortedMatching", "gaussian_quantiles", "quantile_levels", "batchnorm_layers", "batchnorm_stats", "Snap", "nearest", "L1", "L2", "LpPenalty", "FrequencyPenalty", "high_frequency_energy", "high_pass_power", "RandomBlur",
+__all__ = ["Regularizer", "ActivationMatching", "SortedMatching", "gaussian_quantiles", "quantile_levels", "batchnorm_layers", "batchnorm_stats", "Snap", "nearest", "L1", "L2", "LpPenalty", "FrequencyPenalty", "high_frequency_energy", "high_pass_power", "luminance", "RandomBlur", "gaussian_blur",
            "TransformRobustness", "DEFAULT_SCALES", "MaskArea", "MaskSmoothness"]

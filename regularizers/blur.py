@@ -14,6 +14,15 @@ import torch
 from .base import Regularizer
 
 
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """Blur item ``i`` of ``(B, C, H, W)`` with a Gaussian of ``sigma[i]`` px (``(B,)``), reflected borders,
+    kernel ``size`` (default: two of the largest sigmas either side). kornia's per-item-sigma path: on the
+    CPU about 10x faster than its shared-kernel path (one sigma as a tuple), with the same values."""
+    size = size or 2 * math.ceil(2 * float(sigma.max())) + 1
+    return kornia.filters.gaussian_blur2d(x, size, sigma.to(x.device, x.dtype)[:, None].expand(-1, 2),
+                                          border_type="reflect")
+
+
 class RandomBlur(Regularizer):
     """Blur each item with a Gaussian of sigma drawn uniformly in ``sigma`` (px), with probability
     ``p`` (else unchanged). Reflection at the borders. ``(B, C, H, W) -> (B, C, H, W)``."""
@@ -31,6 +40,5 @@ class RandomBlur(Regularizer):
         lo, hi = self.sigma
         sigma = lo + (hi - lo) * torch.rand(b, generator=generator)
         keep = torch.rand(b, generator=generator) >= self.p
-        blurred = kornia.filters.gaussian_blur2d(x, self.size, sigma.to(x.device, x.dtype)[:, None].expand(b, 2),
-                                                 border_type="reflect")
+        blurred = gaussian_blur(x, sigma, self.size)
         return torch.where(keep.to(x.device)[:, None, None, None], x, blurred) if self.p < 1 else blurred

@@ -1,12 +1,10 @@
 """Penalty regularizers on the input image (per item, minimized)."""
 from __future__ import annotations
 
-import math
-
-import kornia
 import torch
 
 from .base import Regularizer
+from .blur import gaussian_blur
 
 
 class LpPenalty(Regularizer):
@@ -28,12 +26,19 @@ def L2(weight: float = 0.05, center: float = 0.5) -> LpPenalty:
     return LpPenalty(weight, 2.0, center)
 
 
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W) -> (B, 1, H, W)``, Rec. 601 weights (mean of channels for other counts)."""
+    if x.shape[1] != 3:
+        return x.mean(1, keepdim=True)
+    return 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
 def high_frequency_energy(x: torch.Tensor, cutoff: float = 0.25) -> torch.Tensor:
     """Share of luminance spectral energy above ``cutoff`` cycles/pixel (Hann window): ``(B,)``.
 
     The quality metric HFER of the fvis guide; natural photos score about 0.01-0.05.
     """
-    lum = x.mean(1) if x.shape[1] != 3 else (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
+    lum = luminance(x)[:, 0]
     h, w = lum.shape[-2:]
     window = torch.outer(torch.hann_window(h, periodic=False, device=x.device, dtype=x.dtype),
                          torch.hann_window(w, periodic=False, device=x.device, dtype=x.dtype))
@@ -49,13 +54,8 @@ def high_pass_power(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     """Mean squared luminance detail finer than a Gaussian of ``sigma`` px (``lum - blur(lum)``,
     reflected borders): an absolute high-frequency energy ``(B,)``. Unlike the HFER *share*, it
     cannot be lowered by adding low-frequency energy (a large blob)."""
-    lum = x.mean(1, keepdim=True) if x.shape[1] != 3 else (
-        0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    size = 2 * math.ceil(2 * sigma) + 1
-    # sigma as a (B, 2) tensor: kornia then filters all items in one grouped convolution, which on the
-    # CPU is ~10x faster than its shared-kernel path (same values)
-    sigmas = torch.full((lum.shape[0], 2), float(sigma), device=x.device, dtype=x.dtype)
-    smooth = kornia.filters.gaussian_blur2d(lum, size, sigmas, border_type="reflect")
+    lum = luminance(x)
+    smooth = gaussian_blur(lum, torch.full((lum.shape[0],), float(sigma)))
     return (lum - smooth).pow(2).flatten(1).mean(1)
 
 
