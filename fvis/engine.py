@@ -114,6 +114,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
         checked = False  # objective / regularizer checks (indices, classes, shapes) not run yet
         last_good = {k: v.detach().clone() for k, v in param.state_dict().items()}
         run = Run(param=param, batch=batch, steps=steps)
+        training = param.training
         try:
             for p in policies:
                 p.start(run)
@@ -156,6 +157,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                 if stopped := _first(p.after_step(run) for p in policies):
                     break
             loop_seconds = time.perf_counter() - loop_start
+            param.eval()  # the result without the input's training-only randomness (Transparent's backgrounds)
             final, values = param().detach(), None
             wants = [p.final_values for p in policies if p.final_values is not None]
             if not checked or True in wants or not wants:
@@ -168,6 +170,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                         values = objective(capture.forward(final, batch)).detach()
                 values = values.cpu()
         finally:
+            param.train(training)
             for p in policies:
                 p.close(run)
     return Result(input=final.to("cpu", copy=True), values=values,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FvisError, suggest
+from .params.transparent import BACKDROPS
 
 PARAMS = ("fourier", "maco", "pixel")
 SOURCES = ("bn", "images:DIR", "seed", "none")
@@ -24,7 +25,9 @@ class Recipe:
 
     Image: ``param`` (fourier | maco | pixel), ``decay_power`` (Fourier spectrum 1/f^d), ``init``
     (``random`` | ``equidistant``: the all-classes-equally-likely start | ``image:PATH``: start from
-    a photo, feature accentuation), ``coarse`` (share of the steps optimized at half resolution
+    a photo, feature accentuation), ``alpha`` (weight of the opacity penalty; > 0 gives the image an
+    alpha channel: random smooth backgrounds while optimizing, ``backdrop`` (blur | grey) in the
+    result; :class:`fvis.params.Transparent`), ``coarse`` (share of the steps optimized at half resolution
     before the full-resolution image takes over: coarse-to-fine).
     Optimizer: ``steps``, ``lr``, ``lr_schedule`` (constant | cosine: down to 10 % of ``lr``).
     Transforms: ``transforms`` (Lucid's pad/jitter/scale/rotate), ``flip`` (mirror probability),
@@ -51,6 +54,8 @@ class Recipe:
     param: str = "fourier"
     decay_power: float = 1.0
     init: str = "random"
+    alpha: float = 0.0
+    backdrop: str = "blur"
     coarse: float = 0.0
     lr: float = 0.05
     lr_schedule: str = "constant"
@@ -103,6 +108,10 @@ class Recipe:
             bad("coarse", self.coarse, "a share of the steps in [0, 1)")
         if self.param == "maco" and (self.coarse or self.init.startswith("image:")):
             bad("param", self.param, "fourier or pixel with coarse-to-fine or an image start (maco optimizes phase only)")
+        if self.backdrop not in BACKDROPS:
+            bad("backdrop", self.backdrop, " | ".join(BACKDROPS))
+        if self.alpha and (self.param == "maco" or self.coarse or self.init.startswith("image:")):
+            bad("alpha", self.alpha, "0 with maco, coarse-to-fine or an image start (transparency needs a fresh image)")
         lo_hi = self.scale_range
         if (not isinstance(lo_hi, tuple) or len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi)
                 or not 0 < lo_hi[0] <= lo_hi[1] < math.inf):

@@ -10,7 +10,8 @@ from fvis.errors import FvisError
 from fvis.hooks import Capture, frozen
 from fvis.io import save_image
 from fvis.naturalness import STATISTICS, naturalness, photo_ranges
-from fvis.param import FourierImage, Upsampled
+from fvis.param import FourierImage, PixelImage, Upsampled
+from fvis.params import Transparent
 from fvis.prototype import make_prototypes
 from fvis.recipes import RECIPES, Recipe, get_recipe
 from fvis.reference import activation_quantiles
@@ -214,3 +215,48 @@ def test_blur_setting_reaches_the_optimization(lite0):
                                        progress=False, **kw)[0].image
     plain, again, blurred = run(), run(), run(blur=1.0)
     assert torch.equal(plain, again) and not torch.allclose(plain, blurred, atol=1e-4)
+
+
+def _transparent(backdrop="grey", seed=0):
+    image = PixelImage(16, batch=2, init=torch.full((2, 3, 16, 16), 0.8))
+    alpha = torch.zeros(2, 1, 16, 16)
+    alpha[0] = 1.0  # item 0 opaque, item 1 fully transparent
+    return Transparent(image, PixelImage(16, batch=2, init=alpha), backdrop=backdrop, seed=seed)
+
+
+def test_transparent_shows_random_grounds_while_optimizing_and_its_backdrop_after():
+    t = _transparent()
+    first = t()
+    assert torch.allclose(first[0], torch.full((3, 16, 16), 0.8), atol=1e-3)  # opaque: the image itself
+    t.after_step()
+    second = t()
+    assert not torch.allclose(first[1], second[1], atol=1e-3)  # transparent: a new random ground each step
+    assert torch.equal(_transparent(seed=0)()[1], first[1]) and not torch.equal(_transparent(seed=1)()[1], first[1])
+    t.eval()
+    assert torch.allclose(t()[1], torch.full((3, 16, 16), 0.5), atol=1e-3)  # the grey backdrop
+    blurred = _transparent("blur").eval()()[1]
+    assert torch.allclose(blurred, torch.full((3, 16, 16), 0.8), atol=1e-3)  # the image's own colour, blurred
+    with pytest.raises(ValueError, match="backdrop"):
+        _transparent("black")
+
+
+def test_transparent_result_is_over_the_backdrop_and_the_opacity_shrinks_under_its_penalty(lite0):
+    image, alpha = FourierImage(64, seed=0), FourierImage(64, channels=1, seed=1)
+    t = Transparent(image, alpha, backdrop="grey")
+    area = reg.MaskArea(t, 20.0)
+    result = optimize(lite0, obj.class_logits([94]), t, [reg.TransformRobustness(), area], steps=12, seed=0,
+                      progress=False)
+    assert t.training  # the engine measured the result in eval mode and handed the parameterization back as it was
+    with torch.no_grad():
+        assert torch.allclose(result.input, t.eval()().cpu(), atol=1e-6)  # over the fixed backdrop, not a random one
+    history = result.history["mask_area"][:, 0]
+    assert history[-1] < history[0] - 0.5, history  # the opaque share falls (from 20 x 0.5)
+
+
+def test_alpha_setting_reaches_the_optimization_and_is_checked(lite0):
+    p = make_prototypes(lite0, [94], recipe="robust", steps=3, size=64, heldout=0, progress=False, alpha=5.0)[0]
+    assert "mask_area" in p.history and p.settings["alpha"] == 5.0 and p.settings["backdrop"] == "blur"
+    for bad, message in [({"alpha": 1.0, "coarse": 0.5}, "alpha"), ({"alpha": 1.0, "param": "maco"}, "alpha"),
+                         ({"backdrop": "black"}, "backdrop")]:
+        with pytest.raises(FvisError, match=message):
+            Recipe("x").replace(**bad)

@@ -40,6 +40,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--param", choices=["fourier", "maco", "pixel"], help="input parameterization")
     parser.add_argument("--reference", type=Path, metavar="DIR", help="images for the MACO amplitude spectrum")
     parser.add_argument("--init", metavar="random|equidistant|image:PATH", help="start (image:PATH: accentuate a photo)")
+    parser.add_argument("--alpha", type=float, help="weight of the opacity penalty: > 0 gives the image an alpha channel, "
+                        "random backgrounds while optimizing (transparency; 0: none)")
+    parser.add_argument("--backdrop", choices=["blur", "grey"], help="what a transparent image is shown over (default blur)")
     parser.add_argument("--coarse", type=float, help="share of steps at half resolution (coarse-to-fine)")
     parser.add_argument("--flip", type=float, help="probability of mirroring in the transforms (robust, deepinversion, vital: 0.5; others: 0)")
     parser.add_argument("--jitter", type=nonnegative_int, help="transforms' random shift in px (robust: 16, the others: 8)")
@@ -54,7 +57,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=size, help="image size N or HxW (default: the model's input size)")
     parser.add_argument("--lr", type=float, help="learning rate (recipe's: 0.05)")
     parser.add_argument("--evaluators", default="", metavar="M2,M3", help="independent models for the transfer metric")
-    parser.add_argument("--heldout", type=nonnegative_int, default=32, metavar="N", help="held-out transforms for robustness")
+    parser.add_argument("--heldout", type=nonnegative_int, default=32, metavar="N", help="transforms per family (held-out, unseen) for robustness and transfer (0: none)")
     add_execution_args(parser)
     add_run_args(parser)
     add_model_args(parser)
@@ -66,7 +69,7 @@ def run(args) -> None:
         layers = layers.split(",")
     recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(  # every check of the settings, before any work
         steps=args.steps, match=args.match, match_stat=args.match_stat, match_over=args.match_over,
-        match_ratio=args.match_ratio, match_layers=layers, param=args.param, init=args.init, coarse=args.coarse,
+        match_ratio=args.match_ratio, match_layers=layers, param=args.param, init=args.init, alpha=args.alpha, backdrop=args.backdrop, coarse=args.coarse,
         flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, diversity=args.diversity)
     if recipe.match.startswith("images:"):
         list_images(recipe.match.split(":", 1)[1])  # the folder exists and holds images

@@ -9,7 +9,8 @@ model wrapper's job (:class:`fvis.models.ImageModel`). Random initial values com
 and the natural amplitude spectra), ``upsampled`` (:class:`Upsampled`, coarse-to-fine),
 ``perturbation`` (:class:`Perturbation`, adversarial examples), ``tokens``
 (:class:`TokenEmbeddings`, :class:`OneHotTokens`, prompts) and ``mask`` (:class:`MaskedInput`,
-feature isolation); ``base`` holds :class:`Parameterization`.
+feature isolation), ``transparent`` (:class:`Transparent`, an image with an alpha channel over
+random backgrounds); ``base`` holds :class:`Parameterization`.
 """
 from .base import COLOR_CORRELATION, Parameterization
 from .fourier import FourierImage
@@ -18,8 +19,9 @@ from .mask import MaskedInput
 from .perturbation import Perturbation
 from .pixel import PixelImage
 from .tokens import OneHotTokens, TokenEmbeddings
+from .transparent import Transparent
 from .upsampled import Upsampled
 
 __all__ = ["COLOR_CORRELATION", "Parameterization", "PixelImage", "FourierImage", "MacoImage", "natural_magnitude",
            "resample_magnitude", "shipped_magnitude", "Upsampled", "Perturbation", "TokenEmbeddings",
-           "OneHotTokens", "MaskedInput"]
+           "OneHotTokens", "MaskedInput", "Transparent"]
