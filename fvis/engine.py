@@ -73,6 +73,8 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     ``model`` with only the needed layers hooked (stopping after the deepest one);
     ``loss = sum over items of (-objective + penalties)``; optimizer step; ``param.after_step()``.
     A non-finite loss stops the run and keeps the last good input (``stopped == "nan"``). The
+    result is ``param()`` in eval mode (training-only randomness off, e.g. :class:`fvis.params.Transparent`'s
+    random backgrounds), and ``param``'s mode is handed back as it was. The
     model's modes, ``requires_grad`` flags and hooks are restored afterwards, also on errors.
 
     Everything else is a step policy (:mod:`fvis.policies`): per-item stop / keep-best /

@@ -149,6 +149,7 @@ class Recipe:
 # twice the steps. Named right by blind viewers 33 of 40 times at 1037 steps against 22 of 40 for
 # `lucent` (two viewers; a third: 12 of 20) (results/prototype/robust_vs_lucent/README.md)
 _ROBUST = Recipe("robust", jitter=16, scale_range=(0.8, 1.2), degrees=15.0, flip=0.5, steps=1024)
+_BLUR = _ROBUST.replace(name="robust-blur", blur=1.0, hf_energy=500.0)
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # Lucent's / Lucid's class visualization: Fourier image, standard transforms, nothing else
@@ -167,7 +168,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # high-frequency energy penalty (500), so the evidence sits in larger structures that other networks
     # and other transforms read. On 20 fresh classes it beat `robust` on the rule fixed beforehand
     # (results/prototype/blur_hf_energy/README.md).
-    _ROBUST.replace(name="robust-blur", blur=1.0, hf_energy=500.0),
+    _BLUR,
+    # `robust-blur` + transparency: an opacity of its own, random smooth backgrounds while optimizing, weight 30
+    # on the mean opacity, a blurred backdrop in the result: the object on a calm ground
+    # (results/prototype/transparent/README.md)
+    _BLUR.replace(name="transparent", alpha=30.0),
     # feature accentuation (Hamblin et al. 2023): start from a photo, stay on its activation path
     Recipe("accentuate", init="image:", match="seed", match_stat="sorted", steps=256),
 )}

@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--recipe", default=None, metavar="NAME",
                         help=f"{' | '.join(RECIPES)} (default {DEFAULT_RECIPE}); the flags below override its settings")
     parser.add_argument("--per-class", type=positive_int, default=1, metavar="K", help="prototypes per class (diverse)")
-    parser.add_argument("--steps", type=positive_int, help="optimization steps (recipe's: robust 1024, accentuate 256, others 512)")
+    parser.add_argument("--steps", type=positive_int, help="optimization steps (recipe's: robust, robust-blur and transparent 1024, accentuate 256, others 512)")
     parser.add_argument("--match", metavar="bn|images:DIR|seed|none", help="natural-activation source")
     parser.add_argument("--match-stat", choices=["moments", "sorted"], help="match mean/std or whole sorted distributions")
     parser.add_argument("--match-over", choices=["item", "batch"], help="statistics of each image or of the whole batch")
