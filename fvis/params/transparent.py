@@ -10,8 +10,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from regularizers import gaussian_blur
-
 from .base import Parameterization, _generator
 
 BACKDROPS = ("blur", "grey")
@@ -58,6 +56,8 @@ class Transparent(Parameterization):
         elif self.backdrop == "grey":
             ground = torch.full_like(image, 0.5)
         else:
+            from regularizers import gaussian_blur  # here: regularizers imports fvis, which imports this module
+
             sigma = torch.full((image.shape[0],), max(image.shape[-2:]) / 16)
             ground = gaussian_blur(image.detach(), sigma)
         return alpha * image + (1 - alpha) * ground
