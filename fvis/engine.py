@@ -14,7 +14,7 @@ from .inline import Displayable, Panel, fmt
 from .naming import unique
 from .optim.protocol import SearchOptimizer
 from .optim.registry import OPTIMIZERS, make_optimizer  # noqa: F401  (engine.OPTIMIZERS: an old path)
-from .policies import Policy, ProgressBar, Run, Snapshots, spread
+from .policies import Policy, ProgressBar, Run, Snapshots, result_of, spread
 
 __all__ = ["optimize", "Result", "OPTIMIZERS", "make_optimizer", "SearchOptimizer"]  # the last three: old paths
 
@@ -23,7 +23,7 @@ __all__ = ["optimize", "Result", "OPTIMIZERS", "make_optimizer", "SearchOptimize
 class Result(Displayable):
     """What :func:`optimize` returns.
 
-    ``input``: final ``param()`` (detached, CPU). ``values``: final objective per item ``(B,)``,
+    ``input``: the final input, ``param.result()`` or ``param()`` (detached, CPU). ``values``: final objective per item ``(B,)``,
     measured on ``input`` without transforms (``None`` with :class:`~fvis.policies.SkipFinalValues`).
     ``history``: per-term, per-step, per-item values, ``name -> (steps, B)`` (``"objective"``
     total, each objective leaf, each penalty; NaN where ``PerItem(skip_done=True)`` left a
@@ -73,8 +73,8 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     ``model`` with only the needed layers hooked (stopping after the deepest one);
     ``loss = sum over items of (-objective + penalties)``; optimizer step; ``param.after_step()``.
     A non-finite loss stops the run and keeps the last good input (``stopped == "nan"``). The
-    result is ``param()`` in eval mode (training-only randomness off, e.g. :class:`fvis.params.Transparent`'s
-    random backgrounds), and ``param``'s mode is handed back as it was. The
+    result is ``param.result()`` where a parameterization has one (the input without its training-only
+    randomness: :class:`fvis.params.Transparent` over its backdrop, not a random background), else ``param()``. The
     model's modes, ``requires_grad`` flags and hooks are restored afterwards, also on errors.
 
     Everything else is a step policy (:mod:`fvis.policies`): per-item stop / keep-best /
@@ -116,7 +116,6 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
         checked = False  # objective / regularizer checks (indices, classes, shapes) not run yet
         last_good = {k: v.detach().clone() for k, v in param.state_dict().items()}
         run = Run(param=param, batch=batch, steps=steps)
-        training = param.training
         try:
             for p in policies:
                 p.start(run)
@@ -159,8 +158,7 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                 if stopped := _first(p.after_step(run) for p in policies):
                     break
             loop_seconds = time.perf_counter() - loop_start
-            param.eval()  # the result without the input's training-only randomness (Transparent's backgrounds)
-            final, values = param().detach(), None
+            final, values = result_of(param).detach(), None  # without training-only randomness (Transparent)
             wants = [p.final_values for p in policies if p.final_values is not None]
             if not checked or True in wants or not wants:
                 with torch.no_grad():
@@ -168,11 +166,10 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
                     checked = checked or _check(objective, regularizers, acts)  # a run of 0 steps
                     values = objective(acts).detach()
                     if any([p.finish(run, values) for p in policies]):  # e.g. items back to a better step
-                        final = param().detach()
+                        final = result_of(param).detach()
                         values = objective(capture.forward(final, batch)).detach()
                 values = values.cpu()
         finally:
-            param.train(training)
             for p in policies:
                 p.close(run)
     return Result(input=final.to("cpu", copy=True), values=values,

@@ -155,15 +155,22 @@ class PerItem(Policy):
             run.fields.update(done=self.done.cpu(), done_step=torch.where(self.done, self.finished_at, steps).cpu())
 
 
+def result_of(param) -> torch.Tensor:
+    """What a run keeps of ``param``: ``param.result()`` where it has one (a parameterization with
+    training-only randomness, e.g. :class:`fvis.params.Transparent`), else ``param()``."""
+    result = getattr(param, "result", None)
+    return result() if callable(result) else param()
+
+
 class Snapshots(Policy):
-    """``result.snapshots[step]``: a CPU copy of the input after each of ``steps``."""
+    """``result.snapshots[step]``: a CPU copy of the input (:func:`result_of`) after each of ``steps``."""
 
     def __init__(self, steps: Iterable[int]):
         self.steps = set(steps)
 
     def after_step(self, run: Run) -> None:
         if run.step in self.steps:
-            run.snapshots[run.step] = run.param().detach().to("cpu", copy=True)  # never a view of the parameter
+            run.snapshots[run.step] = result_of(run.param).detach().to("cpu", copy=True)  # never a view of the parameter
 
 
 class ProgressBar(Policy):

@@ -110,8 +110,8 @@ class Recipe:
             bad("param", self.param, "fourier or pixel with coarse-to-fine or an image start (maco optimizes phase only)")
         if self.backdrop not in BACKDROPS:
             bad("backdrop", self.backdrop, " | ".join(BACKDROPS))
-        if self.alpha and (self.param == "maco" or self.coarse or self.init.startswith("image:")):
-            bad("alpha", self.alpha, "0 with maco, coarse-to-fine or an image start (transparency needs a fresh image)")
+        if self.alpha and (self.param == "maco" or self.coarse or self.init != "random"):
+            bad("alpha", self.alpha, "0 with maco, coarse-to-fine or a start other than random (transparency needs a fresh image)")
         lo_hi = self.scale_range
         if (not isinstance(lo_hi, tuple) or len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi)
                 or not 0 < lo_hi[0] <= lo_hi[1] < math.inf):

@@ -226,7 +226,7 @@ def _transparent(backdrop="grey", seed=0):
     return Transparent(image, PixelImage(16, batch=2, init=alpha), backdrop=backdrop, seed=seed)
 
 
-def test_transparent_shows_random_grounds_while_optimizing_and_its_backdrop_after():
+def test_transparent_shows_random_grounds_while_optimizing_and_its_backdrop_as_result():
     t = _transparent()
     first = t()
     assert torch.allclose(first[0], torch.full((3, 16, 16), 0.8), atol=1e-3)  # opaque: the image itself
@@ -234,12 +234,13 @@ def test_transparent_shows_random_grounds_while_optimizing_and_its_backdrop_afte
     second = t()
     assert not torch.allclose(first[1], second[1], atol=1e-3)  # transparent: a new random ground each step
     assert torch.equal(_transparent(seed=0)()[1], first[1]) and not torch.equal(_transparent(seed=1)()[1], first[1])
-    t.eval()
-    assert torch.allclose(t()[1], torch.full((3, 16, 16), 0.5), atol=1e-3)  # the grey backdrop
-    blurred = _transparent("blur").eval()()[1]
+    assert torch.allclose(t.result()[1], torch.full((3, 16, 16), 0.5), atol=1e-3)  # the grey backdrop
+    blurred = _transparent("blur").result()[1]
     assert torch.allclose(blurred, torch.full((3, 16, 16), 0.8), atol=1e-3)  # the image's own colour, blurred
     with pytest.raises(ValueError, match="backdrop"):
         _transparent("black")
+    with pytest.raises(ValueError, match="alpha"):  # one opacity per item
+        Transparent(PixelImage(16, batch=2), PixelImage(16, batch=1, channels=1))
 
 
 def test_transparent_result_is_over_the_backdrop_and_the_opacity_shrinks_under_its_penalty(lite0):
@@ -247,18 +248,22 @@ def test_transparent_result_is_over_the_backdrop_and_the_opacity_shrinks_under_i
     t = Transparent(image, alpha, backdrop="grey")
     area = reg.MaskArea(t, 20.0)
     result = optimize(lite0, obj.class_logits([94]), t, [reg.TransformRobustness(), area], steps=12, seed=0,
-                      progress=False)
-    assert t.training  # the engine measured the result in eval mode and handed the parameterization back as it was
+                      progress=False, thresholds=[12])
     with torch.no_grad():
-        assert torch.allclose(result.input, t.eval()().cpu(), atol=1e-6)  # over the fixed backdrop, not a random one
+        kept = t.result().cpu()
+    assert torch.allclose(result.input, kept, atol=1e-6)  # over the fixed backdrop, not a random ground
+    assert torch.allclose(result.snapshots[12], kept, atol=1e-6)  # snapshots show the same view
     history = result.history["mask_area"][:, 0]
     assert history[-1] < history[0] - 0.5, history  # the opaque share falls (from 20 x 0.5)
+    wide = Transparent(FourierImage((16, 224), seed=0), FourierImage((16, 224), channels=1, seed=1))
+    assert wide.result().shape == (1, 3, 16, 224)  # the blur fits a long thin image
 
 
 def test_alpha_setting_reaches_the_optimization_and_is_checked(lite0):
     p = make_prototypes(lite0, [94], recipe="robust", steps=3, size=64, heldout=0, progress=False, alpha=5.0)[0]
     assert "mask_area" in p.history and p.settings["alpha"] == 5.0 and p.settings["backdrop"] == "blur"
     for bad, message in [({"alpha": 1.0, "coarse": 0.5}, "alpha"), ({"alpha": 1.0, "param": "maco"}, "alpha"),
+                         ({"alpha": 1.0, "init": "equidistant"}, "alpha"),
                          ({"backdrop": "black"}, "backdrop")]:
         with pytest.raises(FvisError, match=message):
             Recipe("x").replace(**bad)

@@ -39,6 +39,11 @@ class Parameterization(nn.Module):
     def after_step(self) -> None:
         pass
 
+    def result(self) -> torch.Tensor:
+        """The input a run keeps: ``forward()``, unless the parameterization adds randomness that only
+        the optimization should see (:class:`Transparent`'s backgrounds)."""
+        return self()
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
