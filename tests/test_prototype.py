@@ -160,6 +160,7 @@ def test_prototype_cli_writes_images_json_index_and_sheet(tmp_path, capsys):
     (["--classes", "94", "--match", "images:/no/such/dir"], "images path not found"),
     (["--classes", "94", "--match", "bn", "--match-layers", "_blocks.3"], "not BatchNorm layers"),
     (["--classes", "94", "--scale-range", "1.2,0.8"], "scale_range must be two scale factors 0 < lo <= hi"),
+    (["--classes", "94", "--alpha", "5", "--coarse", "0.5"], "alpha must be 0 with maco, coarse-to-fine"),
 ])
 def test_prototype_cli_bad_input(tmp_path, capsys, argv, message):
     rc = main(["prototype", "--model", "efficientnet-lite0", "--steps", "2", "--size", "64", "--quiet",
@@ -201,3 +202,10 @@ def test_a_class_named_twice_is_made_once(lite0):
     with pytest.warns(UserWarning, match="given more than once"):
         protos = make_prototypes(lite0, [94, "hummingbird"], steps=2, size=64, heldout=0, progress=False)
     assert [p.cls for p in protos] == [94]
+
+
+def test_prototype_cli_says_when_a_backdrop_has_no_effect(tmp_path, capsys):
+    rc = main(["prototype", "--model", "efficientnet-lite0", "--classes", "94", "--steps", "1", "--size", "64", "--heldout",
+               "0", "--quiet", "--backdrop", "grey", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 0 and err.count("\n") == 1 and err.startswith("fvis: warning: --backdrop has no effect")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 from ..classes import resolve_class
+from ..datasets import warnings_as_lines
 from ..errors import FvisError
 from ..files import check_writable, list_images
 from ..models import load
@@ -64,6 +66,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
+    with warnings_as_lines():  # a repeated class, a flag without effect: one "fvis: warning: ..." line each
+        _run(args)
+
+
+def _run(args) -> None:
     layers = args.match_layers
     if layers is not None and layers not in ("per-block", "all"):
         layers = layers.split(",")
@@ -71,6 +78,8 @@ def run(args) -> None:
         steps=args.steps, match=args.match, match_stat=args.match_stat, match_over=args.match_over,
         match_ratio=args.match_ratio, match_layers=layers, param=args.param, init=args.init, alpha=args.alpha, backdrop=args.backdrop, coarse=args.coarse,
         flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, diversity=args.diversity)
+    if args.backdrop is not None and not recipe.alpha:
+        warnings.warn(f"--backdrop has no effect without transparency (--alpha > 0; recipe {recipe.name} has none)")
     if recipe.match.startswith("images:"):
         list_images(recipe.match.split(":", 1)[1])  # the folder exists and holds images
     if args.reference is not None:
