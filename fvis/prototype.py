@@ -237,10 +237,11 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
     for k, (steps, stage_size) in enumerate(_stages(r, size)):
         param = make_param(r.param, stage_size, len(items), model.channels, seed, r.decay_power, magnitude,
                            None if image is None else F.resize(image, list(stage_size), antialias=True).clamp(0, 1))
+        stage_regs = regs
         if r.alpha:  # an opacity of its own (never with coarse-to-fine: checked by the recipe)
             opacity = make_param(r.param, stage_size, len(items), 1, seed + 1, r.decay_power)
             param = Transparent(param, opacity, r.backdrop, seed)
-            area = reg.MaskArea(param, r.alpha)
+            stage_regs = [*regs, reg.MaskArea(param, r.alpha)]
         if stage_size != size:
             param = Upsampled(param, size)
         param = param.to(device)
@@ -255,7 +256,7 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
             else:
                 matching.weight = float(r.match_weight)
         optimizer = cosine(steps, r.lr) if r.lr_schedule == "cosine" else "adam"
-        result = optimize(model, objective, param, regs + ([area] if r.alpha else []), steps=steps, lr=r.lr, optimizer=optimizer,
+        result = optimize(model, objective, param, stage_regs, steps=steps, lr=r.lr, optimizer=optimizer,
                           seed=seed + k, progress=progress,
                           policies=[CaptureOptions(precision=precision, compile=compile, fold=fold)])
         image, stopped = result.input, stopped or result.stopped

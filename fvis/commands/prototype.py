@@ -10,6 +10,7 @@ from ..datasets import warnings_as_lines
 from ..errors import FvisError
 from ..files import check_writable, list_images
 from ..models import load
+from ..params.transparent import BACKDROPS
 from ..prototype import make_prototypes, save_prototypes
 from ..recipes import DEFAULT as DEFAULT_RECIPE, RECIPES, get_recipe
 from ._args import (MODEL_HELP, add_execution_args, add_model_args, add_run_args, load_model, nonnegative_int,
@@ -44,7 +45,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--init", metavar="random|equidistant|image:PATH", help="start (image:PATH: accentuate a photo)")
     parser.add_argument("--alpha", type=float, help="weight of the opacity penalty: > 0 gives the image an alpha channel, "
                         "random backgrounds while optimizing (transparency; 0: none)")
-    parser.add_argument("--backdrop", choices=["blur", "grey"], help="what a transparent image is shown over (default blur)")
+    parser.add_argument("--backdrop", choices=BACKDROPS, help="what a transparent image is shown over (default blur)")
     parser.add_argument("--coarse", type=float, help="share of steps at half resolution (coarse-to-fine)")
     parser.add_argument("--flip", type=float, help="probability of mirroring in the transforms (robust, deepinversion, vital: 0.5; others: 0)")
     parser.add_argument("--jitter", type=nonnegative_int, help="transforms' random shift in px (robust: 16, the others: 8)")
