@@ -27,7 +27,8 @@ class Recipe:
     (``random`` | ``equidistant``: the all-classes-equally-likely start | ``image:PATH``: start from
     a photo, feature accentuation), ``alpha`` (weight of the opacity penalty; > 0 gives the image an
     alpha channel: random smooth backgrounds while optimizing, ``backdrop`` (blur | grey) in the
-    result; :class:`fvis.params.Transparent`), ``coarse`` (share of the steps optimized at half resolution
+    result, ``backdrop_share`` (share of the optimization's grounds that are that backdrop itself);
+    :class:`fvis.params.Transparent`), ``coarse`` (share of the steps optimized at half resolution
     before the full-resolution image takes over: coarse-to-fine).
     Optimizer: ``steps``, ``lr``, ``lr_schedule`` (constant | cosine: down to 10 % of ``lr``).
     Transforms: ``transforms`` (Lucid's pad/jitter/scale/rotate), ``flip`` (mirror probability),
@@ -56,6 +57,7 @@ class Recipe:
     init: str = "random"
     alpha: float = 0.0
     backdrop: str = "blur"
+    backdrop_share: float = 0.0
     coarse: float = 0.0
     lr: float = 0.05
     lr_schedule: str = "constant"
@@ -110,6 +112,8 @@ class Recipe:
             bad("param", self.param, "fourier or pixel with coarse-to-fine or an image start (maco optimizes phase only)")
         if self.backdrop not in BACKDROPS:
             bad("backdrop", self.backdrop, " | ".join(BACKDROPS))
+        if not 0 <= self.backdrop_share <= 1:
+            bad("backdrop_share", self.backdrop_share, "a share of the grounds in [0, 1]")
         if self.alpha and (self.param == "maco" or self.coarse or self.init != "random"):
             bad("alpha", self.alpha, "0 with maco, coarse-to-fine or a start other than random (transparency needs a fresh image)")
         lo_hi = self.scale_range

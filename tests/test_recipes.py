@@ -219,11 +219,11 @@ def test_blur_setting_reaches_the_optimization(lite0):
     assert torch.equal(plain, again) and not torch.allclose(plain, blurred, atol=1e-4)
 
 
-def _transparent(backdrop="grey", seed=0):
-    image = PixelImage(16, batch=2, init=torch.full((2, 3, 16, 16), 0.8))
-    alpha = torch.zeros(2, 1, 16, 16)
-    alpha[0] = 1.0  # item 0 opaque, item 1 fully transparent
-    return Transparent(image, PixelImage(16, batch=2, init=alpha), backdrop=backdrop, seed=seed)
+def _transparent(backdrop="grey", seed=0, share=0.0, batch=2):
+    image = PixelImage(16, batch=batch, init=torch.full((batch, 3, 16, 16), 0.8))
+    alpha = torch.zeros(batch, 1, 16, 16)
+    alpha[0] = 1.0  # item 0 opaque, the others fully transparent
+    return Transparent(image, PixelImage(16, batch=batch, init=alpha), backdrop=backdrop, seed=seed, backdrop_share=share)
 
 
 def test_transparent_shows_random_grounds_while_optimizing_and_its_backdrop_as_result():
@@ -241,6 +241,27 @@ def test_transparent_shows_random_grounds_while_optimizing_and_its_backdrop_as_r
         _transparent("black")
     with pytest.raises(ValueError, match="alpha"):  # one opacity per item
         Transparent(PixelImage(16, batch=2), PixelImage(16, batch=1, channels=1))
+
+
+def test_backdrop_share_shows_the_optimization_its_own_backdrop_on_that_share_of_grounds():
+    def grounds(share, backdrop="grey", steps=40):
+        t, seen = _transparent(backdrop, share=share, batch=4), []
+        for _ in range(steps):
+            t.after_step()
+            seen.append(t()[1:])  # the transparent items: their ground only
+        return torch.stack(seen)
+    own = lambda g: (g - 0.5).abs().amax(dim=(-3, -2, -1)) < 1e-3  # noqa: E731  the grey backdrop
+    assert not own(grounds(0.0)).any()  # random grounds only
+    assert own(grounds(1.0)).all()  # the backdrop every time
+    share = own(grounds(0.5)).float().mean()
+    assert 0.3 < share < 0.7, share  # about half of 40 steps x 3 items
+    blurred = grounds(1.0, "blur", steps=2)
+    assert torch.allclose(blurred, torch.full_like(blurred, 0.8), atol=1e-3)  # the image's own blur
+    with pytest.raises(ValueError, match="backdrop_share"):
+        _transparent(share=1.5)
+    with pytest.raises(FvisError, match="backdrop_share"):
+        Recipe("x").replace(alpha=1.0, backdrop_share=2.0)
+
 
 
 def test_transparent_result_is_over_the_backdrop_and_the_opacity_shrinks_under_its_penalty(lite0):

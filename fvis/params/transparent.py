@@ -4,7 +4,8 @@ While optimizing, every step shows the model the image over a fresh random smoot
 class evidence can only live where the image is opaque; a penalty on the opacity
 (:class:`regularizers.MaskArea` on :meth:`Transparent.mask`) keeps the opaque part small. The
 result (:meth:`Transparent.result`) is the image over a fixed ``backdrop``: the object the model
-needs, on a calm ground.
+needs, on a calm ground. ``backdrop_share`` shows the optimization that backdrop too, on that share of
+the items at each step, so the kept picture is one the model has been trained to read.
 """
 from __future__ import annotations
 
@@ -24,16 +25,21 @@ class Transparent(Parameterization):
     ``n x n`` grid of uniform random colours (``n`` drawn in 1..4), upsampled bicubically; a new one
     after every step (:meth:`after_step`), seeded by ``seed``. :meth:`result` (what a run keeps) uses
     ``backdrop``: ``blur`` (the image itself under a Gaussian blur of sigma = shorter side / 16: a soft
-    ground in the image's own colours) or ``grey`` (0.5).
+    ground in the image's own colours) or ``grey`` (0.5). With ``backdrop_share`` in (0, 1], each
+    item's next ground is, with that probability, the backdrop of the current image (detached: no
+    gradient reaches the image through its own ground) instead of a random one.
     """
 
-    def __init__(self, image: Parameterization, alpha: Parameterization, backdrop: str = "blur", seed: int = 0):
+    def __init__(self, image: Parameterization, alpha: Parameterization, backdrop: str = "blur", seed: int = 0,
+                 backdrop_share: float = 0.0):
         super().__init__()
         if backdrop not in BACKDROPS:
             raise ValueError(f"backdrop must be one of {', '.join(BACKDROPS)}, got {backdrop!r}")
+        if not 0 <= backdrop_share <= 1:
+            raise ValueError(f"backdrop_share must be in [0, 1], got {backdrop_share}")
         if tuple(alpha.shape) != (image.shape[0], 1, *image.shape[2:]):
             raise ValueError(f"alpha {tuple(alpha.shape)} must be (B, 1, H, W) of the image's {tuple(image.shape)}")
-        self.image, self.alpha, self.backdrop = image, alpha, backdrop
+        self.image, self.alpha, self.backdrop, self.backdrop_share = image, alpha, backdrop, float(backdrop_share)
         self.shape = tuple(image.shape)
         self.generator = _generator(seed)
         self.register_buffer("background", self.draw(), persistent=False)
@@ -57,18 +63,27 @@ class Transparent(Parameterization):
         alpha = self.alpha()
         return alpha * self.image() + (1 - alpha) * self.background
 
+    def ground(self, image: torch.Tensor) -> torch.Tensor:
+        """The ``backdrop`` behind ``image`` ``(B, C, H, W)``, detached."""
+        if self.backdrop == "grey":
+            return torch.full_like(image, 0.5)
+        from regularizers import gaussian_blur  # here: regularizers imports fvis, which imports this module
+
+        sigma = torch.full((image.shape[0],), min(image.shape[-2:]) / 16)
+        return gaussian_blur(image.detach(), sigma)
+
     def result(self) -> torch.Tensor:
         image, alpha = self.image(), self.alpha()
-        if self.backdrop == "grey":
-            ground = torch.full_like(image, 0.5)
-        else:
-            from regularizers import gaussian_blur  # here: regularizers imports fvis, which imports this module
+        return alpha * image + (1 - alpha) * self.ground(image)
 
-            sigma = torch.full((image.shape[0],), min(image.shape[-2:]) / 16)
-            ground = gaussian_blur(image.detach(), sigma)
-        return alpha * image + (1 - alpha) * ground
-
+    @torch.no_grad()
     def after_step(self) -> None:
         self.image.after_step()
         self.alpha.after_step()
-        self.background = self.draw(self.background)
+        background = self.draw(self.background)
+        if self.backdrop_share:  # no draw otherwise: runs without it keep their random grounds
+            own = torch.rand(self.shape[0], generator=self.generator) < self.backdrop_share
+            if own.any():
+                own = own.to(background.device)[:, None, None, None]
+                background = torch.where(own, self.ground(self.image()), background)
+        self.background = background
