@@ -161,6 +161,7 @@ def test_prototype_cli_writes_images_json_index_and_sheet(tmp_path, capsys):
     (["--classes", "94", "--match", "bn", "--match-layers", "_blocks.3"], "not BatchNorm layers"),
     (["--classes", "94", "--scale-range", "1.2,0.8"], "scale_range must be two scale factors 0 < lo <= hi"),
     (["--classes", "94", "--alpha", "5", "--coarse", "0.5"], "alpha must be 0 with maco, coarse-to-fine"),
+    (["--classes", "94", "--alpha", "5", "--backdrop-share", "1.5"], "backdrop_share must be a share of the grounds in [0, 1]"),
 ])
 def test_prototype_cli_bad_input(tmp_path, capsys, argv, message):
     rc = main(["prototype", "--model", "efficientnet-lite0", "--steps", "2", "--size", "64", "--quiet",
@@ -206,6 +207,8 @@ def test_a_class_named_twice_is_made_once(lite0):
 
 def test_prototype_cli_says_when_a_backdrop_has_no_effect(tmp_path, capsys):
     rc = main(["prototype", "--model", "efficientnet-lite0", "--classes", "94", "--steps", "1", "--size", "64", "--heldout",
-               "0", "--quiet", "--backdrop", "grey", "--out", str(tmp_path / "o")])
-    err = capsys.readouterr().err
-    assert rc == 0 and err.count("\n") == 1 and err.startswith("fvis: warning: --backdrop has no effect")
+               "0", "--quiet", "--backdrop", "grey", "--backdrop-share", "0.5", "--out", str(tmp_path / "o")])
+    lines = capsys.readouterr().err.splitlines()
+    assert rc == 0 and len(lines) == 2, lines
+    assert lines[0].startswith("fvis: warning: --backdrop has no effect")
+    assert lines[1].startswith("fvis: warning: --backdrop-share has no effect")
