@@ -12,6 +12,7 @@ from fvis.io import save_image
 from fvis.naturalness import STATISTICS, naturalness, photo_ranges
 from fvis.param import FourierImage, PixelImage, Upsampled
 from fvis.params import Transparent
+from fvis.policies import PerItem
 from fvis.prototype import make_prototypes
 from fvis.recipes import RECIPES, Recipe, get_recipe
 from fvis.reference import activation_quantiles
@@ -278,6 +279,16 @@ def test_transparent_result_is_over_the_backdrop_and_the_opacity_shrinks_under_i
     assert history[-1] < history[0] - 0.5, history  # the opaque share falls (from 20 x 0.5)
     wide = Transparent(FourierImage((16, 224), seed=0), FourierImage((16, 224), channels=1, seed=1))
     assert wide.result().shape == (1, 3, 16, 224)  # the blur fits a long thin image
+
+
+def test_opacity_penalty_follows_the_items_the_engine_still_forwards(lite0):
+    """With PerItem(skip_done=True), item 0 finishes at once: the penalty covers item 1 only, no shape error."""
+    t = Transparent(FourierImage(32, batch=2, seed=0), FourierImage(32, batch=2, channels=1, seed=1), backdrop="grey")
+    stop = lambda acts, values: acts.rows(torch.tensor([True, False]))  # noqa: E731
+    result = optimize(lite0, obj.class_logits([94, 1]), t, [reg.MaskArea(t, 5.0)], steps=4, seed=0, progress=False,
+                      policies=[PerItem(stop, skip_done=True)])
+    area = result.history["mask_area"]
+    assert area.shape == (4, 2) and torch.isnan(area[1:, 0]).all() and not torch.isnan(area[:, 1]).any()
 
 
 def test_alpha_setting_reaches_the_optimization_and_is_checked(lite0):
