@@ -253,6 +253,11 @@ def test_backdrop_share_shows_the_optimization_its_own_backdrop_on_that_share_of
         return torch.stack(seen)
     own = lambda g: (g - 0.5).abs().amax(dim=(-3, -2, -1)) < 1e-3  # noqa: E731  the grey backdrop
     assert not own(grounds(0.0)).any()  # random grounds only
+    plain, t = _transparent(batch=4), _transparent(batch=4)  # share 0: exactly the random grounds drawn before
+    for _ in range(3):
+        plain.background = plain.draw(plain.background)  # draws only, no share
+        t.after_step()
+        assert torch.equal(t.background, plain.background)
     assert own(grounds(1.0)).all()  # the backdrop every time
     share = own(grounds(0.5)).float().mean()
     assert 0.3 < share < 0.7, share  # about half of 40 steps x 3 items
