@@ -47,7 +47,7 @@ def main(argv=None) -> int:
         from fvis.prototype import make_prototypes
         for i in range(3):
             save_image(x[i % 2], tmp / "ref" / f"967_{i}.png")
-        ps = make_prototypes(model, [967], steps=8, size=96, param="maco", match=f"images:{tmp / 'ref'}",
+        ps = make_prototypes(model, [967], recipe="robust-blur", steps=8, size=96, param="maco", match=f"images:{tmp / 'ref'}",
                              reference=tmp / "ref", cache=tmp / "cache", heldout=4, progress=False)
         return f"clean_p {ps[0].metrics['clean_p']:.2f}"
 

@@ -156,7 +156,8 @@ def test_prototype_cli_writes_images_json_index_and_sheet(tmp_path, capsys):
     (["--classes", "1000"], "out of range"),
     (["--classes", "94", "--match", "pixels"], "match must be bn | images:DIR | seed | none"),
     (["--classes", "94", "--recipe", "vitall"], "Did you mean: vital"),
-    (["--classes", "94", "--init", "image:/no/such.png"], "path not found"),
+    (["--classes", "94", "--recipe", "robust-blur", "--init", "image:/no/such.png"], "path not found"),
+    (["--classes", "94", "--init", "image:/no/such.png"], "alpha must be 0 with maco"),  # the default is transparent
     (["--classes", "94", "--match", "images:/no/such/dir"], "images path not found"),
     (["--classes", "94", "--match", "bn", "--match-layers", "_blocks.3"], "not BatchNorm layers"),
     (["--classes", "94", "--scale-range", "1.2,0.8"], "scale_range must be two scale factors 0 < lo <= hi"),
@@ -206,9 +207,9 @@ def test_a_class_named_twice_is_made_once(lite0):
 
 
 def test_prototype_cli_says_when_a_backdrop_has_no_effect(tmp_path, capsys):
-    rc = main(["prototype", "--model", "efficientnet-lite0", "--classes", "94", "--steps", "1", "--size", "64", "--heldout",
-               "0", "--quiet", "--backdrop", "grey", "--backdrop-share", "0.5", "--out", str(tmp_path / "o")])
+    rc = main(["prototype", "--model", "efficientnet-lite0", "--recipe", "robust-blur", "--classes", "94", "--steps", "1",
+               "--size", "64", "--heldout", "0", "--quiet", "--backdrop", "grey", "--backdrop-share", "0.5", "--out", str(tmp_path / "o")])
     lines = capsys.readouterr().err.splitlines()
     assert rc == 0 and len(lines) == 2, lines
-    assert lines[0].startswith("fvis: warning: --backdrop has no effect")
+    assert lines[0].startswith("fvis: warning: --backdrop has no effect without transparency (--alpha > 0; recipe robust-blur")
     assert lines[1].startswith("fvis: warning: --backdrop-share has no effect")

@@ -44,10 +44,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--reference", type=Path, metavar="DIR", help="images for the MACO amplitude spectrum")
     parser.add_argument("--init", metavar="random|equidistant|image:PATH", help="start (image:PATH: accentuate a photo)")
     parser.add_argument("--alpha", type=float, help="weight of the opacity penalty: > 0 gives the image an alpha channel, "
-                        "random backgrounds while optimizing (transparency; 0: none)")
+                        "random backgrounds while optimizing (transparency; 0: none; transparent: 30)")
     parser.add_argument("--backdrop", choices=BACKDROPS, help="what a transparent image is shown over (default blur)")
     parser.add_argument("--backdrop-share", type=float, metavar="S", help="share of the optimization's grounds that are "
-                        "the backdrop itself (0..1; the rest random)")
+                        "the backdrop itself (0..1; the rest random; transparent: 0.25)")
     parser.add_argument("--coarse", type=float, help="share of steps at half resolution (coarse-to-fine)")
     parser.add_argument("--flip", type=float, help="probability of mirroring in the transforms (robust, deepinversion, vital: 0.5; others: 0)")
     parser.add_argument("--jitter", type=nonnegative_int, help="transforms' random shift in px (robust: 16, the others: 8)")
