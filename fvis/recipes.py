@@ -116,7 +116,7 @@ class Recipe:
             bad("backdrop_share", self.backdrop_share, "a share of the grounds in [0, 1]")
         if self.alpha and (self.param == "maco" or self.coarse or self.init != "random"):
             bad("alpha", self.alpha, "0 with maco, coarse-to-fine or a start other than random (transparency needs a "
-                "fresh image: --alpha 0, or a recipe without it such as robust-blur)")
+                "fresh image: choose a recipe without it, e.g. robust-blur, or accentuate for an image start)")
         lo_hi = self.scale_range
         if (not isinstance(lo_hi, tuple) or len(lo_hi) != 2 or not all(isinstance(v, (int, float)) for v in lo_hi)
                 or not 0 < lo_hi[0] <= lo_hi[1] < math.inf):

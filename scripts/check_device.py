@@ -2,7 +2,7 @@
 
     python scripts/check_device.py --device cuda
 
-Renders, prototypes with BN matching, an attack, every attribution method, feature isolation,
+Renders, prototypes (the default recipe; MACO with photo statistics), an attack, every attribution method, feature isolation,
 evaluation and entanglement on EfficientNet-Lite0, each on the device, each on a tiny problem.
 Prints one line per capability (ok / FAILED with the error) and exits non-zero if any failed.
 """
