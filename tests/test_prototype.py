@@ -163,6 +163,7 @@ def test_prototype_cli_writes_images_json_index_and_sheet(tmp_path, capsys):
     (["--classes", "94", "--scale-range", "1.2,0.8"], "scale_range must be two scale factors 0 < lo <= hi"),
     (["--classes", "94", "--alpha", "5", "--coarse", "0.5"], "alpha must be 0 with maco, coarse-to-fine"),
     (["--classes", "94", "--alpha", "5", "--backdrop-share", "1.5"], "backdrop_share must be a share of the grounds in [0, 1]"),
+    (["--classes", "94", "--decay-power", "-1"], "decay_power must be a finite number >= 0"),
 ])
 def test_prototype_cli_bad_input(tmp_path, capsys, argv, message):
     rc = main(["prototype", "--model", "efficientnet-lite0", "--steps", "2", "--size", "64", "--quiet",
@@ -213,3 +214,21 @@ def test_prototype_cli_says_when_a_backdrop_has_no_effect(tmp_path, capsys):
     assert rc == 0 and len(lines) == 2, lines
     assert lines[0].startswith("fvis: warning: --backdrop has no effect without transparency (--alpha > 0; recipe robust-blur")
     assert lines[1].startswith("fvis: warning: --backdrop-share has no effect")
+
+
+def test_prototype_cli_decay_power_reaches_the_fourier_image_and_is_recorded(tmp_path, capsys, monkeypatch):
+    from fvis.params import fourier
+
+    seen = []
+    init = fourier.FourierImage.__init__
+    monkeypatch.setattr(fourier.FourierImage, "__init__",
+                        lambda self, *a, **k: (seen.append(k.get("decay_power")), init(self, *a, **k))[1])
+    rc = main(["prototype", "--model", "efficientnet-lite0", "--classes", "94", "--steps", "1", "--size", "64",
+               "--heldout", "0", "--quiet", "--decay-power", "1.25", "--out", str(tmp_path / "o")])
+    assert rc == 0 and seen and set(seen) == {1.25}  # the image and its opacity
+    record = json.loads(next((tmp_path / "o").glob("94_*.json")).read_text())
+    assert record["settings"]["decay_power"] == 1.25
+    rc = main(["prototype", "--model", "efficientnet-lite0", "--recipe", "robust-blur", "--param", "pixel", "--classes", "94",
+               "--steps", "1", "--size", "64", "--heldout", "0", "--quiet", "--decay-power", "2", "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert rc == 0 and err.startswith("fvis: warning: --decay-power has no effect with --param pixel")

@@ -41,6 +41,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--match-ratio", type=float, help="matching gradient norm / objective's at the start")
     parser.add_argument("--match-layers", help="per-block | all | LAYER,LAYER,...")
     parser.add_argument("--param", choices=["fourier", "maco", "pixel"], help="input parameterization")
+    parser.add_argument("--decay-power", type=float, metavar="D", help="Fourier spectrum scale 1/f^D (1: Lucid's; "
+                        "higher: fine detail grows more slowly, smoother images)")
     parser.add_argument("--reference", type=Path, metavar="DIR", help="images for the MACO amplitude spectrum")
     parser.add_argument("--init", metavar="random|equidistant|image:PATH", help="start (image:PATH: accentuate a photo)")
     parser.add_argument("--alpha", type=float, help="weight of the opacity penalty: > 0 gives the image an alpha channel, "
@@ -79,12 +81,14 @@ def _run(args) -> None:
         layers = layers.split(",")
     recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(  # every check of the settings, before any work
         steps=args.steps, match=args.match, match_stat=args.match_stat, match_over=args.match_over,
-        match_ratio=args.match_ratio, match_layers=layers, param=args.param, init=args.init, alpha=args.alpha, backdrop=args.backdrop,
+        match_ratio=args.match_ratio, match_layers=layers, param=args.param, decay_power=args.decay_power, init=args.init, alpha=args.alpha, backdrop=args.backdrop,
         backdrop_share=args.backdrop_share, coarse=args.coarse,
         flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, diversity=args.diversity)
     for flag, value in (("--backdrop", args.backdrop), ("--backdrop-share", args.backdrop_share)):
         if value is not None and not recipe.alpha:
             warnings.warn(f"{flag} has no effect without transparency (--alpha > 0; recipe {recipe.name} has none)")
+    if args.decay_power is not None and recipe.param != "fourier":
+        warnings.warn(f"--decay-power has no effect with --param {recipe.param} (Fourier only)")
     if recipe.match.startswith("images:"):
         list_images(recipe.match.split(":", 1)[1])  # the folder exists and holds images
     if args.reference is not None:
