@@ -128,8 +128,8 @@ def test_resume_counts_only_successes_of_this_study_and_keeps_the_rest_of_the_fi
     assert texts[" boy"] == [" he blue truck", " he plays truck"]  # the failed one is not a success
     assert texts[" girl"][:2] == [" she pretty dress", " she pink dress"] and " x y z" not in texts[" girl"]
     with pytest.warns(UserWarning):  # one more wanted: a round runs and the file is rewritten with the verdicts
-        more = collect(tiny, [" girl", " boy"], prompts=3, out=tmp_path, progress=False, time_limit=1.0)
-    assert more.rounds >= 2  # a new round ran (a loaded machine may need a second one within time_limit)
+        more = collect(tiny, [" girl", " boy"], prompts=3, out=tmp_path, progress=False, time_limit=5)
+    assert more.rounds >= 2  # a new round ran (a second one when a round ends without the prompt it needed)
     kept = [json.loads(line) for line in log.read_text().splitlines()]
     assert json.dumps(other) in log.read_text().splitlines()  # another model's record, untouched
     judged = {r["text"]: r for r in kept}
