@@ -190,3 +190,16 @@ def test_model_from_a_factory_in_the_current_folder(tmp_path, capsys, monkeypatc
         assert code == 2 and message in err
     code, _, err = run(capsys, "layers", "mynets:wrapped", "--mean", "0,0,0", "--std", "1,1,1")
     assert code == 2 and "drop --mean/--std/--input-size" in err
+
+
+def test_render_says_when_decay_power_has_no_effect(tmp_path, capsys):
+    """--decay-power shapes the Fourier image only: with --param pixel one warning line, and the JSON
+    records no decay power for that run."""
+    code, _, err = run(capsys, "render", "--model", "efficientnet-lite0", "-o", "logit:goldfinch", "--size", "64",
+                       "--steps", "1", "--quiet", "--param", "pixel", "--decay-power", "2", "--out", str(tmp_path / "p"))
+    assert code == 0 and err.splitlines() == ["fvis: warning: --decay-power has no effect with --param pixel (Fourier only)"]
+    assert json.loads((tmp_path / "p" / "logit_goldfinch.json").read_text())["settings"]["decay_power"] is None
+    code, _, err = run(capsys, "render", "--model", "efficientnet-lite0", "-o", "logit:goldfinch", "--size", "64",
+                       "--steps", "1", "--quiet", "--decay-power", "2", "--out", str(tmp_path / "f"))
+    assert code == 0 and err == ""
+    assert json.loads((tmp_path / "f" / "logit_goldfinch.json").read_text())["settings"]["decay_power"] == 2.0

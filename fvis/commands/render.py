@@ -1,12 +1,14 @@
 """``fvis render``: render objectives (one batch item each) into a folder."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import objectives
 
 from ..concepts.objective import DIRECTION_FORM, FORM as CAV_FORM
 from ..concepts.objective import is_cav_spec, parse_cav, steer
+from ..datasets import warnings_as_lines
 from ..errors import FvisError
 from ..files import check_writable
 from ..render import render, save_renders
@@ -31,7 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=positive_int, default=256, help="optimization steps")
     parser.add_argument("--lr", type=float, default=0.05, help="learning rate (Adam step size)")
     parser.add_argument("--optimizer", choices=["adam", "adamw", "nadam", "sgd", "rmsprop"], default="adam", help="optimizer")
-    parser.add_argument("--decay-power", type=float, default=1.0, help="Fourier spectrum decay (higher = smoother)")
+    parser.add_argument("--decay-power", type=float, help="Fourier spectrum scale 1/f^D (default 1, Lucid's; higher: "
+                        "coarse structure grows faster than fine detail); Fourier only")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes on the CPU)")
     parser.add_argument("--no-transforms", action="store_true", help="no transformation robustness")
     parser.add_argument("--no-channels-last", action="store_true",
@@ -43,6 +46,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> None:
+    with warnings_as_lines():  # a flag without effect: one "fvis: warning: ..." line
+        _run(args)
+
+
+def _run(args) -> None:
+    if args.decay_power is not None and args.param != "fourier":
+        warnings.warn(f"--decay-power has no effect with --param {args.param} (Fourier only)")
+    decay_power = 1.0 if args.decay_power is None else args.decay_power
     out = check_writable(args.out)
     model = load_model(args)
     objs = [parse_cav(spec) if is_cav_spec(spec) else objectives.parse(spec, model.class_names)
@@ -54,14 +65,14 @@ def run(args) -> None:
         term = parse_cav(concept)
         objs = [steer(o, term, args.concept_weight, away=args.away is not None) for o in objs]
     settings = {"param": args.param, "size": list(args.size or model.input_size), "steps": args.steps,
-                "lr": args.lr, "optimizer": args.optimizer, "decay_power": args.decay_power,
+                "lr": args.lr, "optimizer": args.optimizer, "decay_power": decay_power if args.param == "fourier" else None,
                 "seed": args.seed, "transforms": not args.no_transforms, "weights": args.weights,
                 "device": args.device, "channels_last": "no" if args.no_channels_last else "auto",
                 "precision": args.precision, "compile": args.compile, "fold": args.fold}
     if concept is not None:
         settings.update({"toward" if args.toward else "away": concept, "concept_weight": args.concept_weight})
     result = render(model, objs, param=args.param, size=args.size, steps=args.steps, lr=args.lr,
-                    seed=args.seed, transforms=not args.no_transforms, decay_power=args.decay_power,
+                    seed=args.seed, transforms=not args.no_transforms, decay_power=decay_power,
                     optimizer=args.optimizer, progress=not args.quiet,
                     channels_last=False if args.no_channels_last else None, precision=args.precision,
                     compile=args.compile, fold=args.fold)
