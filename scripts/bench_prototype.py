@@ -44,6 +44,11 @@ TUNED = [11, 130, 301, 340, 555, 963, 980, 985]
 SEED_PHOTO = "grace_hopper_00"  # the accentuation recipe's start (a photo of no class above)
 
 
+def setting_value(text: str):
+    """A ``--set`` value: numbers, lists, objects and true/false parsed as JSON, anything else kept as text."""
+    return json.loads(text) if text[:1] in "0123456789-[{tf" else text
+
+
 def fresh_classes(seed: int, n: int = 20) -> list[int]:
     """``n`` ImageNet classes drawn with ``seed``, none of :data:`CLASSES` or :data:`TUNED` (sorted)."""
     pool = [c for c in range(1000) if c not in CLASSES and c not in TUNED]
@@ -107,7 +112,7 @@ def main(argv=None) -> int:
     for item in args.set:
         name, kv = item.split(":", 1)
         key, value = kv.split("=", 1)
-        overrides.setdefault(name, {})[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+        overrides.setdefault(name, {})[key] = setting_value(value)
     rows, sheets = [], {}
     for name in args.recipes.split(","):
         opts = {"init": f"image:{tmp / 'seed.png'}"} if RECIPES[name].init.startswith("image:") else {}

@@ -4,8 +4,8 @@ optionally after a Gaussian blur (a diagnostic of where the energy sits, not a r
 
     python scripts/probe_naturalness.py DIR [--blur 0.5]
 
-The photos' ranges of the dropped statistics come from results/naturalness.md's table
-(scripts/naturalness_ranges.py measures them all; only the kept ones ship in fvis/data).
+Kept statistics use the shipped ranges (fvis/data/naturalness.json); the dropped ones the range of the
+same 42 photo crops scripts/naturalness_ranges.py measures (its table: results/naturalness.md).
 """
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ import sys
 from pathlib import Path
 
 import torch
-from kornia.filters import gaussian_blur2d
 
 from fvis.files import load_image
 from fvis.naturalness import STATISTICS, photo_ranges
-
-# photos' ranges of the statistics scripts/naturalness_ranges.py dropped (results/naturalness.md)
-DROPPED = {"colourfulness": (0.128, 0.400), "centre_brightness": (-0.127, 0.360), "clipped": (0.0, 0.127)}
+from photos import photo_crops
+from regularizers import gaussian_blur
 
 
 def main(argv=None) -> int:
@@ -32,15 +30,16 @@ def main(argv=None) -> int:
                    and p.name != "contact_sheet.png")
     x = torch.stack([load_image(p) for p in files])
     if args.blur:
-        k = 2 * int(4 * args.blur) + 1
-        x = gaussian_blur2d(x, (k, k), (args.blur, args.blur), border_type="reflect")
-    ranges = {**photo_ranges(), **DROPPED}
+        x = gaussian_blur(x, torch.full((len(x),), args.blur))
+    photos = torch.stack(list(photo_crops().values()))
+    ranges = {name: (float(fn(photos).min()), float(fn(photos).max())) for name, fn in STATISTICS.items()}
+    ranges.update(photo_ranges())
     print(f"{len(files)} images in {args.folder}" + (f", blurred at sigma {args.blur}" if args.blur else ""))
     for name, fn in STATISTICS.items():
         v = fn(x)
         lo, hi = ranges[name]
         kept = "kept" if name in photo_ranges() else "dropped"
-        print(f"{name:18s} ({kept:7s}) median {v.median():.3f}  in photos' range [{lo:g}, {hi:g}]: "
+        print(f"{name:18s} ({kept:7s}) median {v.median():.3f}  in photos' range [{lo:.4g}, {hi:.4g}]: "
               f"{int(((v >= lo) & (v <= hi)).sum())}/{len(files)}")
     return 0
 

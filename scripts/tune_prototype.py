@@ -10,7 +10,6 @@ recipe they change (default: the default recipe).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -19,8 +18,7 @@ from pathlib import Path
 import fvis
 from fvis.prototype import make_prototypes, save_prototypes
 from fvis.recipes import DEFAULT
-
-TUNED = [11, 130, 301, 340, 555, 963, 980, 985]  # the classes every recipe was tuned on (bench_prototype.TUNED)
+from bench_prototype import TUNED, setting_value
 
 
 def main(argv=None) -> int:
@@ -32,10 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    settings = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        settings[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    settings = {key: setting_value(value) for key, value in (item.split("=", 1) for item in args.set)}
     model = fvis.load("efficientnet-lite0")
     evaluators = [fvis.load("efficientnet-lite1"), fvis.load("efficientnet-lite2")]
     start = time.time()
