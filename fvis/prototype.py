@@ -241,7 +241,7 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
         if r.alpha:  # an opacity of its own (never with coarse-to-fine: checked by the recipe)
             opacity = make_param(r.param, stage_size, len(items), 1, seed + 1, r.decay_power)
             param = Transparent(param, opacity, r.backdrop, seed, r.backdrop_share)
-            stage_regs = [*regs, reg.MaskArea(param, r.alpha)]
+            stage_regs = [*regs, reg.MaskArea(param, r.alpha, r.centre)]
         if stage_size != size:
             param = Upsampled(param, size)
         param = param.to(device)

@@ -28,8 +28,10 @@ class Recipe:
     a photo, feature accentuation), ``alpha`` (weight of the opacity penalty; > 0 gives the image an
     alpha channel: random smooth backgrounds while optimizing, ``backdrop`` (blur | grey) in the
     result, ``backdrop_share`` (share of the optimization's grounds that are that backdrop itself);
-    :class:`fvis.params.Transparent`), ``coarse`` (share of the steps optimized at half resolution
-    before the full-resolution image takes over: coarse-to-fine).
+    :class:`fvis.params.Transparent`), ``centre`` (the opacity penalty weighted ``1 + centre * r^2``
+    by the distance from the centre: one central region; :class:`regularizers.MaskArea`), ``coarse``
+    (share of the steps optimized at half resolution before the full-resolution image takes over:
+    coarse-to-fine).
     Optimizer: ``steps``, ``lr``, ``lr_schedule`` (constant | cosine: down to 10 % of ``lr``).
     Transforms: ``transforms`` (Lucid's pad/jitter/scale/rotate), ``flip`` (mirror probability),
     their strength ``jitter`` (px, first shift), ``scale_range`` (``(lo, hi)``, sampled in steps of
@@ -58,6 +60,7 @@ class Recipe:
     alpha: float = 0.0
     backdrop: str = "blur"
     backdrop_share: float = 0.0
+    centre: float = 0.0
     coarse: float = 0.0
     lr: float = 0.05
     lr_schedule: str = "constant"

@@ -5,19 +5,37 @@ Both read the mask from the parameterization they were built with (``source.mask
 """
 from __future__ import annotations
 
+import torch
+
 from .base import Regularizer
 
 
 class MaskArea(Regularizer):
-    """Sparsity: ``weight * mean(mask)`` per item (the fraction of the input kept); only the items
-    in this forward (``acts.rows``: the engine may skip finished ones)."""
+    """Sparsity: ``weight * mean(mask * w)`` per item (the fraction of the input kept); only the items
+    in this forward (``acts.rows``: the engine may skip finished ones). ``centre`` > 0 makes the
+    border dearer: ``w = 1 + centre * r^2``, ``r`` the distance from the image centre in units of
+    half the shorter side (1 at the middle of the shorter sides), so the kept part gathers in one
+    central region; 0: ``w = 1``."""
 
-    def __init__(self, source, weight: float = 1.0):
+    def __init__(self, source, weight: float = 1.0, centre: float = 0.0):
         super().__init__(weight, name="mask_area")
+        if not centre >= 0:
+            raise ValueError(f"centre must be >= 0, got {centre}")
         self.mask_fn = source.mask  # a bound method: the parameterization is not registered as a submodule
+        self.centre = float(centre)
+
+    def weights(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+        """``(H, W)`` weight map ``1 + centre * r^2``."""
+        half = (min(h, w) - 1) / 2
+        y = (torch.arange(h, device=like.device, dtype=like.dtype) - (h - 1) / 2) / half
+        x = (torch.arange(w, device=like.device, dtype=like.dtype) - (w - 1) / 2) / half
+        return 1 + self.centre * (y[:, None] ** 2 + x[None, :] ** 2)
 
     def penalty(self, x, acts):
-        return self.weight * acts.rows(self.mask_fn().flatten(1).mean(1))
+        mask = self.mask_fn()
+        if self.centre:
+            mask = mask * self.weights(*mask.shape[-2:], mask)
+        return self.weight * acts.rows(mask.flatten(1).mean(1))
 
 
 class MaskSmoothness(Regularizer):

@@ -209,11 +209,12 @@ def test_a_class_named_twice_is_made_once(lite0):
 
 def test_prototype_cli_says_when_a_backdrop_has_no_effect(tmp_path, capsys):
     rc = main(["prototype", "--model", "efficientnet-lite0", "--recipe", "robust-blur", "--classes", "94", "--steps", "1",
-               "--size", "64", "--heldout", "0", "--quiet", "--backdrop", "grey", "--backdrop-share", "0.5", "--out", str(tmp_path / "o")])
+               "--size", "64", "--heldout", "0", "--quiet", "--backdrop", "grey", "--backdrop-share", "0.5", "--centre", "2", "--out", str(tmp_path / "o")])
     lines = capsys.readouterr().err.splitlines()
-    assert rc == 0 and len(lines) == 2, lines
+    assert rc == 0 and len(lines) == 3, lines
     assert lines[0].startswith("fvis: warning: --backdrop has no effect without transparency (--alpha > 0; recipe robust-blur")
     assert lines[1].startswith("fvis: warning: --backdrop-share has no effect")
+    assert lines[2].startswith("fvis: warning: --centre has no effect")
 
 
 def test_prototype_cli_decay_power_reaches_the_fourier_image_and_is_recorded(tmp_path, capsys, monkeypatch):

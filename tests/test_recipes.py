@@ -304,3 +304,32 @@ def test_alpha_setting_reaches_the_optimization_and_is_checked(lite0):
                          ({"backdrop": "black"}, "backdrop")]:
         with pytest.raises(FvisError, match=message):
             Recipe("x").replace(**bad)
+
+
+def test_centre_weighting_makes_the_border_of_the_opacity_dearer(lite0):
+    class Source:  # a fixed mask, as a parameterization's mask() would give it
+        def __init__(self, m):
+            self.m = m
+
+        def mask(self):
+            return self.m
+
+    class Rows:
+        def rows(self, v):
+            return v
+
+    centre_only, border_only = torch.zeros(1, 1, 33, 33), torch.ones(1, 1, 33, 33)
+    centre_only[..., 12:21, 12:21] = 1
+    border_only[..., 4:29, 4:29] = 0
+    w = reg.MaskArea(Source(centre_only), 1.0, centre=2.0).weights(33, 33, centre_only)
+    assert w[16, 16] == 1 and torch.isclose(w[16, 0], torch.tensor(3.0)) and torch.isclose(w[0, 0], torch.tensor(5.0))
+    for mask in (centre_only, border_only):  # without centre: the plain mean opacity, as before
+        assert torch.isclose(reg.MaskArea(Source(mask), 2.0).penalty(None, Rows()), 2 * mask.mean())
+    flat = [reg.MaskArea(Source(m), 1.0, centre=2.0).penalty(None, Rows()) / m.mean() for m in (centre_only, border_only)]
+    assert flat[0] < 1.3 < 3.0 < flat[1]  # per unit of opaque area: near 1 in the middle, dearer at the border
+    with pytest.raises(ValueError, match="centre"):
+        reg.MaskArea(Source(centre_only), 1.0, centre=-1.0)
+    plain, centred = (make_prototypes(lite0, [94], recipe="robust", steps=1, size=64, heldout=0, progress=False,
+                                      alpha=5.0, centre=c)[0] for c in (0.0, 2.0))
+    assert centred.settings["centre"] == 2.0
+    assert centred.history["mask_area"][0] > 1.5 * plain.history["mask_area"][0]  # the same start, weighted

@@ -51,6 +51,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backdrop", choices=BACKDROPS, help="what a transparent image is shown over (default blur)")
     parser.add_argument("--backdrop-share", type=float, metavar="S", help="share of the optimization's grounds that are "
                         "the backdrop itself (0..1; the rest random; transparent: 0.25)")
+    parser.add_argument("--centre", type=float, metavar="C", help="opacity penalty weighted 1 + C r^2 by the distance r "
+                        "from the centre (1 at the shorter sides' middles): the kept part gathers in one central region "
+                        "(transparency only; recipes: 0)")
     parser.add_argument("--coarse", type=float, help="share of steps at half resolution (coarse-to-fine)")
     parser.add_argument("--flip", type=float, help="probability of mirroring in the transforms (robust, deepinversion, vital: 0.5; others: 0)")
     parser.add_argument("--jitter", type=nonnegative_int, help="transforms' random shift in px (robust: 16, the others: 8)")
@@ -83,9 +86,9 @@ def _run(args) -> None:
     recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(  # every check of the settings, before any work
         steps=args.steps, match=args.match, match_stat=args.match_stat, match_over=args.match_over,
         match_ratio=args.match_ratio, match_layers=layers, param=args.param, decay_power=args.decay_power, init=args.init, alpha=args.alpha, backdrop=args.backdrop,
-        backdrop_share=args.backdrop_share, coarse=args.coarse,
+        backdrop_share=args.backdrop_share, centre=args.centre, coarse=args.coarse,
         flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, diversity=args.diversity)
-    for flag, value in (("--backdrop", args.backdrop), ("--backdrop-share", args.backdrop_share)):
+    for flag, value in (("--backdrop", args.backdrop), ("--backdrop-share", args.backdrop_share), ("--centre", args.centre)):
         if value is not None and not recipe.alpha:
             warnings.warn(f"{flag} has no effect without transparency (--alpha > 0; recipe {recipe.name} has none)")
     if args.decay_power is not None and recipe.param != "fourier":
