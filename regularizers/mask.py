@@ -11,11 +11,12 @@ from .base import Regularizer
 
 
 class MaskArea(Regularizer):
-    """Sparsity: ``weight * mean(mask * w)`` per item (the fraction of the input kept); only the items
-    in this forward (``acts.rows``: the engine may skip finished ones). ``centre`` > 0 makes the
-    border dearer: ``w = 1 + centre * r^2``, ``r`` the distance from the image centre in units of
-    half the shorter side (1 at the middle of the shorter sides), so the kept part gathers in one
-    central region; 0: ``w = 1``."""
+    """Sparsity: ``weight * mean(mask * w)`` per item; only the items in this forward (``acts.rows``:
+    the engine may skip finished ones). ``centre`` = 0: ``w = 1``, the fraction of the input kept.
+    ``centre`` > 0 makes the border dearer: ``w = 1 + centre * r^2``, ``r`` the distance from the
+    image centre with each axis in units of its half size (elliptical: 1 at the middle of every
+    side, 2 ** 0.5 at the corners), so the kept part gathers in one central region; the penalty is
+    then a weighted fraction, and on average dearer too (mean ``w`` about ``1 + 2 * centre / 3``)."""
 
     def __init__(self, source, weight: float = 1.0, centre: float = 0.0):
         super().__init__(weight, name="mask_area")
@@ -25,11 +26,11 @@ class MaskArea(Regularizer):
         self.centre = float(centre)
 
     def weights(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-        """``(H, W)`` weight map ``1 + centre * r^2``."""
-        half = (min(h, w) - 1) / 2
-        y = (torch.arange(h, device=like.device, dtype=like.dtype) - (h - 1) / 2) / half
-        x = (torch.arange(w, device=like.device, dtype=like.dtype) - (w - 1) / 2) / half
-        return 1 + self.centre * (y[:, None] ** 2 + x[None, :] ** 2)
+        """``(H, W)`` weight map ``1 + centre * r^2`` (computed in fp32, returned in ``like``'s dtype)."""
+        def axis(n):  # -1 .. 1 from one edge's middle to the other's
+            return (torch.arange(n, device=like.device, dtype=torch.float32) - (n - 1) / 2) / max((n - 1) / 2, 1)
+        y, x = axis(h), axis(w)
+        return (1 + self.centre * (y[:, None] ** 2 + x[None, :] ** 2)).to(like.dtype)
 
     def penalty(self, x, acts):
         mask = self.mask_fn()

@@ -164,6 +164,7 @@ def test_prototype_cli_writes_images_json_index_and_sheet(tmp_path, capsys):
     (["--classes", "94", "--alpha", "5", "--coarse", "0.5"], "alpha must be 0 with maco, coarse-to-fine"),
     (["--classes", "94", "--alpha", "5", "--backdrop-share", "1.5"], "backdrop_share must be a share of the grounds in [0, 1]"),
     (["--classes", "94", "--decay-power", "-1"], "decay_power must be a finite number >= 0"),
+    (["--classes", "94", "--centre", "-1"], "centre must be a finite number >= 0"),
 ])
 def test_prototype_cli_bad_input(tmp_path, capsys, argv, message):
     rc = main(["prototype", "--model", "efficientnet-lite0", "--steps", "2", "--size", "64", "--quiet",
@@ -215,6 +216,14 @@ def test_prototype_cli_says_when_a_backdrop_has_no_effect(tmp_path, capsys):
     assert lines[0].startswith("fvis: warning: --backdrop has no effect without transparency (--alpha > 0; recipe robust-blur")
     assert lines[1].startswith("fvis: warning: --backdrop-share has no effect")
     assert lines[2].startswith("fvis: warning: --centre has no effect")
+
+
+def test_prototype_cli_centre_reaches_the_recipe_and_is_recorded(tmp_path, capsys):
+    rc = main(["prototype", "--model", "efficientnet-lite0", "--recipe", "transparent", "--classes", "94", "--steps", "1",
+               "--size", "64", "--heldout", "0", "--quiet", "--centre", "2", "--out", str(tmp_path / "o")])
+    assert rc == 0 and "warning" not in capsys.readouterr().err
+    meta = json.loads(next((tmp_path / "o").glob("94_*.json")).read_text())
+    assert meta["settings"]["centre"] == 2.0 and meta["settings"]["alpha"] == 30.0
 
 
 def test_prototype_cli_decay_power_reaches_the_fourier_image_and_is_recorded(tmp_path, capsys, monkeypatch):

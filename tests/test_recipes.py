@@ -323,6 +323,9 @@ def test_centre_weighting_makes_the_border_of_the_opacity_dearer(lite0):
     border_only[..., 4:29, 4:29] = 0
     w = reg.MaskArea(Source(centre_only), 1.0, centre=2.0).weights(33, 33, centre_only)
     assert w[16, 16] == 1 and torch.isclose(w[16, 0], torch.tensor(3.0)) and torch.isclose(w[0, 0], torch.tensor(5.0))
+    wide = reg.MaskArea(Source(centre_only), 1.0, centre=2.0).weights(33, 65, centre_only)  # each axis in its own half size
+    assert wide.shape == (33, 65) and wide[16, 32] == 1
+    assert all(torch.isclose(v, torch.tensor(3.0)) for v in (wide[0, 32], wide[16, 0], wide[32, 32], wide[16, 64]))
     for mask in (centre_only, border_only):  # without centre: the plain mean opacity, as before
         assert torch.isclose(reg.MaskArea(Source(mask), 2.0).penalty(None, Rows()), 2 * mask.mean())
     flat = [reg.MaskArea(Source(m), 1.0, centre=2.0).penalty(None, Rows()) / m.mean() for m in (centre_only, border_only)]

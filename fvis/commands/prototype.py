@@ -52,7 +52,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backdrop-share", type=float, metavar="S", help="share of the optimization's grounds that are "
                         "the backdrop itself (0..1; the rest random; transparent: 0.25)")
     parser.add_argument("--centre", type=float, metavar="C", help="opacity penalty weighted 1 + C r^2 by the distance r "
-                        "from the centre (1 at the shorter sides' middles): the kept part gathers in one central region "
+                        "from the centre (1 at the middle of every side): the kept part gathers in one central region "
                         "(transparency only; recipes: 0)")
     parser.add_argument("--coarse", type=float, help="share of steps at half resolution (coarse-to-fine)")
     parser.add_argument("--flip", type=float, help="probability of mirroring in the transforms (robust, deepinversion, vital: 0.5; others: 0)")
