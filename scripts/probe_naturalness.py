@@ -32,13 +32,15 @@ def main(argv=None) -> int:
     if args.blur:
         x = gaussian_blur(x, torch.full((len(x),), args.blur))
     photos = torch.stack(list(photo_crops().values()))
-    ranges = {name: (float(fn(photos).min()), float(fn(photos).max())) for name, fn in STATISTICS.items()}
-    ranges.update(photo_ranges())
+    kept_ranges = photo_ranges()
+    photo_values = {name: fn(photos) for name, fn in STATISTICS.items()}
+    ranges = {name: (float(v.min()), float(v.max())) for name, v in photo_values.items()}
+    ranges.update(kept_ranges)
     print(f"{len(files)} images in {args.folder}" + (f", blurred at sigma {args.blur}" if args.blur else ""))
     for name, fn in STATISTICS.items():
         v = fn(x)
         lo, hi = ranges[name]
-        kept = "kept" if name in photo_ranges() else "dropped"
+        kept = "kept" if name in kept_ranges else "dropped"
         print(f"{name:18s} ({kept:7s}) median {v.median():.3f}  in photos' range [{lo:.4g}, {hi:.4g}]: "
               f"{int(((v >= lo) & (v <= hi)).sum())}/{len(files)}")
     return 0

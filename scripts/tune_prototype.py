@@ -1,6 +1,6 @@
-"""A recipe setting tried on the 8 tuning classes only (issue 17): Lite0 prototypes, Lite1 + Lite2 judging,
-per-class metrics and the medians of the naturalness statistics; saves the prototypes (PNG + JSON, a
-contact sheet) for a blind viewer.
+"""A recipe setting tried on tuning classes (issue 17; default: the 8 tuning classes, ``--classes`` others):
+Lite0 prototypes, Lite1 + Lite2 judging, per-class metrics and the medians of the naturalness statistics;
+saves the prototypes (PNG + JSON, a contact sheet) for a blind viewer.
 
     python scripts/tune_prototype.py --steps 400 --set decay_power=1.25 --out /tmp/t_dp125
 
