@@ -215,7 +215,7 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
         magnitude = natural_magnitude(torch.cat([x for _, x in ImageFolder(reference, size)]), size)
     seed_image = load_image(r.init.split(":", 1)[1], size, model.channels) if r.init.startswith("image:") else None
 
-    objective = obj.class_logits(item_classes, log_prob=r.log_prob)
+    objective = obj.class_logits(item_classes, score=r.score)
     regs = ([reg.TransformRobustness(jitter=r.jitter, scales=r.scales(), degrees=r.degrees, flip=r.flip)]
             if r.transforms else [])
     if r.blur:

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from objectives.vision import SCORES
+
 from .errors import FvisError, suggest
 from .params.transparent import BACKDROPS
 
@@ -48,7 +50,8 @@ class Recipe:
     | tuple of layer names), ``first_layer`` (weight multiplier of the first matched layer),
     ``match_ratio`` (auto-balance: the matching gradient norm at the start / the objective's) or a
     fixed ``match_weight``, ``class_weight`` (class-mean term with class-named reference images).
-    Objective: ``log_prob`` (log-softmax instead of the logit), ``diversity`` (within-class
+    Objective: ``score`` (``logit`` | ``log_prob``: log-softmax | ``log_odds``: the logit minus the
+    log-sum-exp of the other logits; :func:`objectives.class_logits`), ``diversity`` (within-class
     diversity weight when several per class; ``None``: 50 then, else 0).
     """
 
@@ -82,7 +85,7 @@ class Recipe:
     match_ratio: float = 1.0
     match_weight: float | None = None
     class_weight: float = 1.0
-    log_prob: bool = False
+    score: str = "logit"
     diversity: float | None = None
 
     def __post_init__(self):
@@ -103,6 +106,8 @@ class Recipe:
             bad("match", self.match, "bn | images:DIR | seed | none")
         if self.match == "seed" and not self.init.startswith("image:"):
             bad("match", self.match, "used with init image:PATH (its own activations)")
+        if self.score not in SCORES:
+            bad("score", self.score, " | ".join(SCORES))
         if self.match_stat not in ("moments", "sorted"):
             bad("match_stat", self.match_stat, "moments | sorted")
         if self.match_over not in ("item", "batch"):

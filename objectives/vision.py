@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from fvis.classes import resolve_class
-from fvis.errors import FvisError
+from fvis.errors import FvisError, suggest
 from fvis.hooks import OUTPUT, Activations
 
 from .base import Objective
@@ -124,16 +124,31 @@ def class_logit(c: int | str, names: Sequence[str] | None = None) -> Objective:
     return Objective(lambda acts: acts[OUTPUT][:, index], [OUTPUT], label, check)
 
 
-def class_logits(classes: Sequence[int], log_prob: bool = False) -> Objective:
-    """Item ``i`` scores the logit (``log_prob``: the log-probability) of class ``classes[i]``:
-    many class images in one batch without one masked objective per item."""
+SCORES = ("logit", "log_prob", "log_odds")
+
+
+def class_logits(classes: Sequence[int], score: str = "logit") -> Objective:
+    """Item ``i`` scores class ``classes[i]`` of the (B, K) output: many class images in one batch
+    without one masked objective per item.
+
+    ``score``: ``logit``; ``log_prob`` (log-softmax: its gradient fades as p nears 1);
+    ``log_odds`` (``log p / (1 - p)`` = the logit minus the log-sum-exp of the other logits: the
+    class's own gradient stays 1 and the push-down goes to the closest rivals, e.g. other breeds).
+    """
+    if score not in SCORES:
+        raise FvisError(f"class score must be {' | '.join(SCORES)}, got {score!r}{suggest(score, SCORES)}")
     index = torch.as_tensor(list(classes), dtype=torch.long)
 
     def fn(acts):
         out = acts[OUTPUT]
-        out = out.log_softmax(1) if log_prob else out
         rows = acts.rows(index.to(out.device)).repeat_interleave(acts.copies)  # item-major copies
-        return out.gather(1, rows[:, None])[:, 0]
+        if score == "log_prob":
+            out = out.log_softmax(1)
+        own = out.gather(1, rows[:, None])[:, 0]
+        if score != "log_odds":
+            return own
+        rivals = out.scatter(1, rows[:, None], float("-inf"))
+        return own - rivals.logsumexp(1)
 
     def check(acts):
         out = acts[OUTPUT]
@@ -145,7 +160,7 @@ def class_logits(classes: Sequence[int], log_prob: bool = False) -> Objective:
         if bad:
             raise FvisError(f"class {bad[0]} out of range: the model has {out.shape[1]} classes (valid 0..{out.shape[1] - 1})")
 
-    return Objective(fn, [OUTPUT], "log_prob" if log_prob else "logits", check)
+    return Objective(fn, [OUTPUT], "logits" if score == "logit" else score, check)
 
 
 def equidistant() -> Objective:

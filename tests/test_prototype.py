@@ -112,8 +112,12 @@ def test_objectives_for_prototypes(lite0):
     acts = _acts(lite0, ["output", "_blocks.15"], x)
     out = acts["output"]
     assert torch.equal(obj.class_logits([1, 5, 7])(acts), out[torch.arange(3), torch.tensor([1, 5, 7])])
-    assert torch.allclose(obj.class_logits([1, 5, 7], log_prob=True)(acts),
-                          out.log_softmax(1)[torch.arange(3), torch.tensor([1, 5, 7])])
+    rows = torch.arange(3), torch.tensor([1, 5, 7])
+    assert torch.allclose(obj.class_logits([1, 5, 7], score="log_prob")(acts), out.log_softmax(1)[rows])
+    odds = obj.class_logits([1, 5, 7], score="log_odds")(acts)  # against torch.logit of p, in float64
+    assert torch.allclose(odds.double(), torch.logit(out.double().softmax(1)[rows]), atol=1e-4)
+    with pytest.raises(FvisError, match="log_odds"):
+        obj.class_logits([1], score="log_odd")
     eq = obj.equidistant()(acts)
     assert torch.allclose(eq, -out.softmax(1).var(1) * 1000 ** 2)
     grouped = obj.diversity("_blocks.15", groups=[0, 0, 1])(acts)
@@ -177,6 +181,7 @@ def test_prototype_cli_bad_input(tmp_path, capsys, argv, message):
 @pytest.mark.parametrize("argv, message", [
     (["--scale-range", "1.2"], "--scale-range: expected LO,HI"),
     (["--jitter", "-3"], "--jitter: expected an integer >= 0"),
+    (["--score", "log-odds"], "--score: invalid choice: 'log-odds'"),
 ])
 def test_prototype_cli_transform_flags_are_checked_by_the_parser(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
@@ -224,6 +229,14 @@ def test_prototype_cli_centre_reaches_the_recipe_and_is_recorded(tmp_path, capsy
     assert rc == 0 and "warning" not in capsys.readouterr().err
     meta = json.loads(next((tmp_path / "o").glob("94_*.json")).read_text())
     assert meta["settings"]["centre"] == 2.0 and meta["settings"]["alpha"] == 30.0
+
+
+def test_prototype_cli_score_reaches_the_objective_and_is_recorded(tmp_path):
+    rc = main(["prototype", "--model", "efficientnet-lite0", "--classes", "94", "--steps", "2", "--size", "64",
+               "--heldout", "0", "--quiet", "--score", "log_odds", "--out", str(tmp_path / "o")])
+    meta = json.loads(next((tmp_path / "o").glob("94_*.json")).read_text())
+    assert rc == 0 and meta["settings"]["score"] == "log_odds"
+    assert "log_odds" in meta["history"] and "logits" not in meta["history"]
 
 
 def test_prototype_cli_decay_power_reaches_the_fourier_image_and_is_recorded(tmp_path, capsys, monkeypatch):

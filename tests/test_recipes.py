@@ -155,7 +155,8 @@ def test_recipe_settings_are_checked_once_with_clear_errors(tmp_path):
                          ({"scale_range": (1.2, 0.8)}, "scale_range"), ({"scale_range": (0.0, 1.0)}, "scale_range"),
                          ({"jitter": -1}, "jitter"), ({"degrees": -5.0}, "degrees"),
                          ({"degrees": float("nan")}, "degrees"), ({"scale_range": (0.5, float("inf"))}, "scale_range"),
-                         ({"blur": -1.0}, "blur"), ({"hf_energy": float("inf")}, "hf_energy")]:
+                         ({"blur": -1.0}, "blur"), ({"hf_energy": float("inf")}, "hf_energy"),
+                         ({"score": "log-odds"}, "score must be logit | log_prob | log_odds")]:
         with pytest.raises(FvisError, match=message):
             Recipe("x").replace(**bad)
     assert Recipe("x").replace(match_layers=["a", "b"]).settings()["match_layers"] == ["a", "b"]

@@ -12,7 +12,7 @@ from ..files import check_writable, list_images
 from ..models import load
 from ..params.transparent import BACKDROPS
 from ..prototype import make_prototypes, save_prototypes
-from ..recipes import DEFAULT as DEFAULT_RECIPE, RECIPES, get_recipe
+from ..recipes import DEFAULT as DEFAULT_RECIPE, RECIPES, SCORES, get_recipe
 from ._args import (MODEL_HELP, add_execution_args, add_model_args, add_run_args, load_model, nonnegative_int,
                     positive_int, size)
 
@@ -64,6 +64,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hf-energy", type=float, help="weight of the absolute high-frequency energy penalty")
     parser.add_argument("--tv", type=float, help="weight of the total-variation penalty")
     parser.add_argument("--l2", type=float, help="weight of the L2 prior (distance from grey)")
+    parser.add_argument("--score", choices=SCORES, help="what is raised for the class: logit (recipes), log_prob "
+                        "(log-softmax) or log_odds (the logit minus the log-sum-exp of the other logits)")
     parser.add_argument("--diversity", type=float, default=None, help="within-class diversity weight (default 50 when K > 1)")
     parser.add_argument("--size", type=size, help="image size N or HxW (default: the model's input size)")
     parser.add_argument("--lr", type=float, help="learning rate (recipe's: 0.05)")
@@ -87,7 +89,7 @@ def _run(args) -> None:
         steps=args.steps, match=args.match, match_stat=args.match_stat, match_over=args.match_over,
         match_ratio=args.match_ratio, match_layers=layers, param=args.param, decay_power=args.decay_power, init=args.init, alpha=args.alpha, backdrop=args.backdrop,
         backdrop_share=args.backdrop_share, centre=args.centre, coarse=args.coarse,
-        flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, diversity=args.diversity)
+        flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, score=args.score, diversity=args.diversity)
     for flag, value in (("--backdrop", args.backdrop), ("--backdrop-share", args.backdrop_share), ("--centre", args.centre)):
         if value is not None and not recipe.alpha:
             warnings.warn(f"{flag} has no effect without transparency (--alpha > 0; recipe {recipe.name} has none)")
