@@ -196,7 +196,7 @@ def test_well_made_prototypes_are_not_entangled(lite0, tmp_path):
     from fvis.entangle import entangle_folder
     from fvis.prototype import save_prototypes
 
-    protos = make_prototypes(lite0, [94, 980, 967], steps=32, size=128, heldout=0, progress=False)
+    protos = make_prototypes(lite0, [94, 980, 967], steps=96, size=128, heldout=0, progress=False)  # the default, log-odds, starts slowly
     save_prototypes(protos, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # fvis's own contact sheet in the folder is not "a stray file"
