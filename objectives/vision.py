@@ -156,6 +156,8 @@ def class_logits(classes: Sequence[int], score: str = "logit") -> Objective:
             raise FvisError(f"class objective needs (B, classes) model output, got {tuple(out.shape)}")
         if index.numel() != acts.batch:
             raise FvisError(f"{index.numel()} classes for a batch of {acts.batch}")
+        if score == "log_odds" and out.shape[1] < 2:
+            raise FvisError(f"log_odds needs at least 2 classes (rivals), the model has {out.shape[1]}")
         bad = [int(c) for c in index if not 0 <= c < out.shape[1]]
         if bad:
             raise FvisError(f"class {bad[0]} out of range: the model has {out.shape[1]} classes (valid 0..{out.shape[1] - 1})")

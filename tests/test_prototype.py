@@ -118,6 +118,9 @@ def test_objectives_for_prototypes(lite0):
     assert torch.allclose(odds.double(), torch.logit(out.double().softmax(1)[rows]), atol=1e-4)
     with pytest.raises(FvisError, match="log_odds"):
         obj.class_logits([1], score="log_odd")
+    one_class = _acts(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 1)), ["output"], x)
+    with pytest.raises(FvisError, match="log_odds needs at least 2 classes"):  # no rivals: +inf otherwise
+        obj.class_logits([0, 0, 0], score="log_odds").check(one_class)
     eq = obj.equidistant()(acts)
     assert torch.allclose(eq, -out.softmax(1).var(1) * 1000 ** 2)
     grouped = obj.diversity("_blocks.15", groups=[0, 0, 1])(acts)
@@ -161,7 +164,7 @@ def test_prototype_cli_writes_images_json_index_and_sheet(tmp_path, capsys):
     (["--classes", "94", "--match", "pixels"], "match must be bn | images:DIR | seed | none"),
     (["--classes", "94", "--recipe", "vitall"], "Did you mean: vital"),
     (["--classes", "94", "--recipe", "robust-blur", "--init", "image:/no/such.png"], "path not found"),
-    (["--classes", "94", "--init", "image:/no/such.png"], "alpha must be 0 with maco"),  # the default is transparent
+    (["--classes", "94", "--init", "image:/no/such.png"], "alpha must be 0 with maco"),  # the default (log-odds) is transparent too
     (["--classes", "94", "--match", "images:/no/such/dir"], "images path not found"),
     (["--classes", "94", "--match", "bn", "--match-layers", "_blocks.3"], "not BatchNorm layers"),
     (["--classes", "94", "--scale-range", "1.2,0.8"], "scale_range must be two scale factors 0 < lo <= hi"),
@@ -196,7 +199,7 @@ def test_well_made_prototypes_are_not_entangled(lite0, tmp_path):
     from fvis.entangle import entangle_folder
     from fvis.prototype import save_prototypes
 
-    protos = make_prototypes(lite0, [94, 980, 967], steps=96, size=128, heldout=0, progress=False)  # the default, log-odds, starts slowly
+    protos = make_prototypes(lite0, [94, 980, 967], recipe="transparent", steps=32, size=128, heldout=0, progress=False)
     save_prototypes(protos, tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # fvis's own contact sheet in the folder is not "a stray file"

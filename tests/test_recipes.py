@@ -149,6 +149,8 @@ def test_recipe_settings_are_checked_once_with_clear_errors(tmp_path):
         get_recipe("vitall")
     with pytest.raises(FvisError, match="unknown recipe setting 'stpes'.*steps"):
         RECIPES["lucent"].replace(stpes=3)
+    with pytest.raises(FvisError, match="recipe setting 'log_prob' was replaced: use score='log_prob'"):
+        RECIPES["lucent"].replace(log_prob=True)  # the field's old name (settings files, sweeps)
     for bad, message in [({"steps": 0}, "steps"), ({"match": "pixels"}, "match"), ({"coarse": 1.0}, "coarse"),
                          ({"flip": 2.0}, "flip"), ({"match": "seed"}, "init image"), ({"tv": -1.0}, "tv"),
                          ({"init": "image:/no/such.png"}, "not found"), ({"param": "maco", "coarse": 0.5}, "maco"),
@@ -178,8 +180,8 @@ def test_every_recipe_raises_its_class_on_real_lite0(lite0, coffee, tmp_path, na
     with torch.no_grad():
         before = lite0(start).softmax(1)[0, 94].item()
     steps = 24 if RECIPES[name].alpha else 16  # transparency starts half see-through, over random grounds
-    if RECIPES[name].score == "log_odds":  # starts slower: no common rise of every logit (64 steps: p 0.002 here)
-        steps = 96
+    if RECIPES[name].score == "log_odds":  # starts slower: no common rise of every logit (p 0.04 after 64 steps,
+        steps = 128                         # 0.93 after 128: results/prototype/log_odds/slow_start.md)
     protos = make_prototypes(lite0, ["hummingbird"], recipe=name, steps=steps, size=128, heldout=0, progress=False,
                              **extra)
     p = protos[0]
