@@ -30,7 +30,7 @@ from .models import load, top_classes
 from .naming import slug
 from .progress import progress_bar
 from .prototype import make_prototypes, prototype_stem, save_prototype
-from .recipes import DEFAULT, Recipe, get_recipe
+from .recipes import DEFAULT, RENAMED, Recipe, get_recipe
 from .render import render, save_render
 
 DEFAULTS = {"out": None, "steps": 256, "size": None, "seed": 0, "device": "cpu", "batch": 8}
@@ -156,7 +156,7 @@ def _prototype_job(j: int, table: dict, folder: str, settings: dict, model, opti
     if isinstance(match, str) and match.startswith("images:"):
         list_images(match.split(":", 1)[1])
     params = inspect.signature(make_prototypes).parameters
-    fields = {f.name for f in dataclasses.fields(Recipe)}
+    fields = {f.name for f in dataclasses.fields(Recipe)} | set(RENAMED)  # the recipe says what a renamed field became
     unknown = [k for k in options if (k not in params or k == "progress") and k not in fields]
     if unknown:
         raise FvisError(f"unknown key {unknown[0]!r}: not an option of make_prototypes or a recipe setting")

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     model = fvis.load("efficientnet-lite0")
     steps = [int(s) for s in args.steps.split(",")]
-    lines = ["Command: `python scripts/probe_slow_start.py " + " ".join(argv or sys.argv[1:]) + "`", "",
+    lines = ["Command: `python scripts/probe_slow_start.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`", "",
              "Clean p(hummingbird) of Lite0 prototypes, 128 px, seed 0, after N steps (separate runs):", "",
              "| recipe | " + " | ".join(map(str, steps)) + " |", "|---|" + "---:|" * len(steps)]
     for name in args.recipes.split(","):

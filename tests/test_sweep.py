@@ -200,6 +200,8 @@ BAD = [
     (CONFIG.replace('"hummingbird"', '"humingbird"'), "job 1 (logit): unknown class name 'humingbird'"),
     (CONFIG.replace('"hummingbird"', "1000"), "job 1 (logit): class 1000 out of range"),
     (CONFIG + PROTOTYPE_JOB.replace("heldout", "held_out"), "job 2 (prototype): unknown key 'held_out'"),
+    (CONFIG + PROTOTYPE_JOB + "log_prob = true\n",
+     "job 2 (prototype): recipe setting 'log_prob' was replaced: use score='log_prob'"),
     (CONFIG + PROTOTYPE_JOB.replace('"none"', '"images:nowhere"'), "job 2 (prototype): not a folder: nowhere"),
     (CONFIG.replace('out = "run"', ""), "no run folder"),
 ]
