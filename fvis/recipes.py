@@ -145,6 +145,16 @@ class Recipe:
         n = max(int(round((hi - lo) / 0.02)), 0)
         return tuple(round(lo + (hi - lo) * i / max(n, 1), 4) for i in range(n + 1))
 
+    def without_effect(self, names) -> dict[str, str]:
+        """Of the setting ``names`` a user gave, those this recipe ignores, each with why (for a warning)."""
+        why = {}
+        for name in names:
+            if name in ("backdrop", "backdrop_share", "centre") and not self.alpha:
+                why[name] = f"without transparency (alpha > 0; recipe {self.name} has none)"
+            elif name == "decay_power" and self.param != "fourier":
+                why[name] = f"with param {self.param} (Fourier only)"
+        return why
+
     def replace(self, **changes) -> "Recipe":
         """A copy with ``changes`` (unknown names are one clear error); ``None`` values are ignored."""
         names = {f.name for f in dataclasses.fields(self)}

@@ -221,9 +221,19 @@ def test_prototype_cli_says_when_a_backdrop_has_no_effect(tmp_path, capsys):
                "--size", "64", "--heldout", "0", "--quiet", "--backdrop", "grey", "--backdrop-share", "0.5", "--centre", "2", "--out", str(tmp_path / "o")])
     lines = capsys.readouterr().err.splitlines()
     assert rc == 0 and len(lines) == 3, lines
-    assert lines[0].startswith("fvis: warning: --backdrop has no effect without transparency (--alpha > 0; recipe robust-blur")
+    assert lines[0].startswith("fvis: warning: --backdrop has no effect without transparency (alpha > 0; recipe robust-blur")
     assert lines[1].startswith("fvis: warning: --backdrop-share has no effect")
     assert lines[2].startswith("fvis: warning: --centre has no effect")
+
+
+def test_make_prototypes_says_when_a_setting_has_no_effect(lite0):
+    """The API warns like the command line: centre without transparency is ignored, not silently."""
+    with pytest.warns(UserWarning, match="centre has no effect without transparency") as seen:
+        make_prototypes(lite0, [94], recipe="robust-blur", centre=2.0, steps=1, size=64, heldout=0, progress=False)
+    assert len(seen) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with transparency the same setting is used: no warning
+        make_prototypes(lite0, [94], recipe="transparent", centre=2.0, steps=1, size=64, heldout=0, progress=False)
 
 
 def test_prototype_cli_centre_reaches_the_recipe_and_is_recorded(tmp_path, capsys):
@@ -257,4 +267,4 @@ def test_prototype_cli_decay_power_reaches_the_fourier_image_and_is_recorded(tmp
     rc = main(["prototype", "--model", "efficientnet-lite0", "--recipe", "robust-blur", "--param", "pixel", "--classes", "94",
                "--steps", "1", "--size", "64", "--heldout", "0", "--quiet", "--decay-power", "2", "--out", str(tmp_path / "p")])
     err = capsys.readouterr().err
-    assert rc == 0 and err.startswith("fvis: warning: --decay-power has no effect with --param pixel")
+    assert rc == 0 and err.startswith("fvis: warning: --decay-power has no effect with param pixel")

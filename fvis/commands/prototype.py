@@ -90,11 +90,9 @@ def _run(args) -> None:
         match_ratio=args.match_ratio, match_layers=layers, param=args.param, decay_power=args.decay_power, init=args.init, alpha=args.alpha, backdrop=args.backdrop,
         backdrop_share=args.backdrop_share, centre=args.centre, coarse=args.coarse,
         flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, score=args.score, diversity=args.diversity)
-    for flag, value in (("--backdrop", args.backdrop), ("--backdrop-share", args.backdrop_share), ("--centre", args.centre)):
-        if value is not None and not recipe.alpha:
-            warnings.warn(f"{flag} has no effect without transparency (--alpha > 0; recipe {recipe.name} has none)")
-    if args.decay_power is not None and recipe.param != "fourier":
-        warnings.warn(f"--decay-power has no effect with --param {recipe.param} (Fourier only)")
+    given = [name for name in ("backdrop", "backdrop_share", "centre", "decay_power") if getattr(args, name) is not None]
+    for name, why in recipe.without_effect(given).items():
+        warnings.warn(f"--{name.replace('_', '-')} has no effect {why}")
     if recipe.match.startswith("images:"):
         list_images(recipe.match.split(":", 1)[1])  # the folder exists and holds images
     if args.reference is not None:
