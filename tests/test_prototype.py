@@ -164,7 +164,7 @@ def test_prototype_cli_writes_images_json_index_and_sheet(tmp_path, capsys):
     (["--classes", "94", "--match", "pixels"], "match must be bn | images:DIR | seed | none"),
     (["--classes", "94", "--recipe", "vitall"], "Did you mean: vital"),
     (["--classes", "94", "--recipe", "robust-blur", "--init", "image:/no/such.png"], "path not found"),
-    (["--classes", "94", "--init", "image:/no/such.png"], "alpha must be 0 with maco"),  # the default (log-odds) is transparent too
+    (["--classes", "94", "--init", "image:/no/such.png"], "alpha must be 0 with maco"),  # the default (cosine) is transparent too
     (["--classes", "94", "--match", "images:/no/such/dir"], "images path not found"),
     (["--classes", "94", "--match", "bn", "--match-layers", "_blocks.3"], "not BatchNorm layers"),
     (["--classes", "94", "--scale-range", "1.2,0.8"], "scale_range must be two scale factors 0 < lo <= hi"),
@@ -250,6 +250,21 @@ def test_prototype_cli_score_reaches_the_objective_and_is_recorded(tmp_path):
     meta = json.loads(next((tmp_path / "o").glob("94_*.json")).read_text())
     assert rc == 0 and meta["settings"]["score"] == "log_odds"
     assert "log_odds" in meta["history"] and "logits" not in meta["history"]
+
+
+def test_prototype_cli_lr_schedule_reaches_the_optimizer_and_is_recorded(tmp_path, monkeypatch):
+    import fvis.prototype as proto
+
+    seen = []
+    real = proto.cosine
+    monkeypatch.setattr(proto, "cosine", lambda steps, lr: (seen.append((steps, lr)), real(steps, lr))[1])
+    for recipe, flag, expected in (("robust", "cosine", "cosine"), ("cosine", "constant", "constant"), ("cosine", None, "cosine")):
+        out = tmp_path / f"{recipe}_{flag}"
+        rc = main(["prototype", "--model", "efficientnet-lite0", "--recipe", recipe, "--classes", "94", "--steps", "2",
+                   "--size", "64", "--heldout", "0", "--quiet", "--out", str(out)] + (["--lr-schedule", flag] if flag else []))
+        meta = json.loads(next(out.glob("94_*.json")).read_text())
+        assert rc == 0 and meta["settings"]["lr_schedule"] == expected
+    assert seen == [(2, 0.05), (2, 0.05)]  # robust + cosine, and the cosine recipe's own; not with constant
 
 
 def test_prototype_cli_decay_power_reaches_the_fourier_image_and_is_recorded(tmp_path, capsys, monkeypatch):

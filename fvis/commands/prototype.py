@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--recipe", default=None, metavar="NAME",
                         help=f"{' | '.join(RECIPES)} (default {DEFAULT_RECIPE}); the flags below override its settings")
     parser.add_argument("--per-class", type=positive_int, default=1, metavar="K", help="prototypes per class (diverse)")
-    parser.add_argument("--steps", type=positive_int, help="optimization steps (recipe's: robust, robust-blur, transparent and log-odds 1024, accentuate 256, others 512)")
+    parser.add_argument("--steps", type=positive_int, help="optimization steps (recipe's: robust, robust-blur, transparent, log-odds and cosine 1024, accentuate 256, others 512)")
     parser.add_argument("--match", metavar="bn|images:DIR|seed|none", help="natural-activation source")
     parser.add_argument("--match-stat", choices=["moments", "sorted"], help="match mean/std or whole sorted distributions")
     parser.add_argument("--match-over", choices=["item", "batch"], help="statistics of each image or of the whole batch")
@@ -47,10 +47,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--reference", type=Path, metavar="DIR", help="images for the MACO amplitude spectrum")
     parser.add_argument("--init", metavar="random|equidistant|image:PATH", help="start (image:PATH: accentuate a photo)")
     parser.add_argument("--alpha", type=float, help="weight of the opacity penalty: > 0 gives the image an alpha channel, "
-                        "random backgrounds while optimizing (transparency; 0: none; transparent: 30, log-odds: 15)")
+                        "random backgrounds while optimizing (transparency; 0: none; transparent: 30, log-odds: 15, cosine: 7.5)")
     parser.add_argument("--backdrop", choices=BACKDROPS, help="what a transparent image is shown over (default blur)")
     parser.add_argument("--backdrop-share", type=float, metavar="S", help="share of the optimization's grounds that are "
-                        "the backdrop itself (0..1; the rest random; transparent and log-odds: 0.25)")
+                        "the backdrop itself (0..1; the rest random; transparent, log-odds and cosine: 0.25)")
     parser.add_argument("--centre", type=float, metavar="C", help="opacity penalty weighted 1 + C r^2 by the distance r "
                         "from the centre (1 at the middle of every side): the kept part gathers in one central region "
                         "(transparency only; recipes: 0)")
@@ -65,10 +65,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tv", type=float, help="weight of the total-variation penalty")
     parser.add_argument("--l2", type=float, help="weight of the L2 prior (distance from grey)")
     parser.add_argument("--score", choices=SCORES, help="what is raised for the class: logit, log_prob (log-softmax) "
-                        "or log_odds (the logit minus the log-sum-exp of the other logits; log-odds recipe: log_odds, others: logit)")
+                        "or log_odds (the logit minus the log-sum-exp of the other logits; log-odds and cosine recipes: log_odds, others: logit)")
     parser.add_argument("--diversity", type=float, default=None, help="within-class diversity weight (default 50 when K > 1)")
     parser.add_argument("--size", type=size, help="image size N or HxW (default: the model's input size)")
     parser.add_argument("--lr", type=float, help="learning rate (recipe's: 0.05)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), help="learning rate over the steps: constant, or "
+                        "cosine down to a tenth (recipe's: cosine and deepinversion cosine, others constant)")
     parser.add_argument("--evaluators", default="", metavar="M2,M3", help="independent models for the transfer metric")
     parser.add_argument("--heldout", type=nonnegative_int, default=32, metavar="N", help="transforms per family (held-out, unseen) for robustness and transfer (0: none)")
     add_execution_args(parser)
@@ -89,7 +91,7 @@ def _run(args) -> None:
         steps=args.steps, match=args.match, match_stat=args.match_stat, match_over=args.match_over,
         match_ratio=args.match_ratio, match_layers=layers, param=args.param, decay_power=args.decay_power, init=args.init, alpha=args.alpha, backdrop=args.backdrop,
         backdrop_share=args.backdrop_share, centre=args.centre, coarse=args.coarse,
-        flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, score=args.score, diversity=args.diversity)
+        flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, lr_schedule=args.lr_schedule, score=args.score, diversity=args.diversity)
     given = [name for name in ("backdrop", "backdrop_share", "centre", "decay_power") if getattr(args, name) is not None]
     for name, why in recipe.without_effect(given).items():
         warnings.warn(f"--{name.replace('_', '-')} has no effect {why}")
