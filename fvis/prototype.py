@@ -193,8 +193,7 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
     :func:`fvis.evaluate.evaluate_images` (``heldout`` transforms; ``evaluators``). ``precision``,
     ``compile`` and ``fold``: how the model runs in the main optimization (:class:`fvis.policies.CaptureOptions`)."""
     r = get_recipe(recipe).replace(**settings)
-    for name, why in r.without_effect(settings).items():
-        warnings.warn(f"fvis: {name} has no effect {why}")
+    r.warn_without_effect(settings)
     check_precision(precision)
     if r.init == "image:":
         raise FvisError(f"recipe {r.name!r} starts from a photo: give init='image:PATH' (--init image:PATH)")

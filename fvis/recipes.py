@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,15 +147,24 @@ class Recipe:
         n = max(int(round((hi - lo) / 0.02)), 0)
         return tuple(round(lo + (hi - lo) * i / max(n, 1), 4) for i in range(n + 1))
 
-    def without_effect(self, names) -> dict[str, str]:
-        """Of the setting ``names`` a user gave, those this recipe ignores, each with why (for a warning)."""
+    def without_effect(self, given: Mapping[str, object]) -> dict[str, str]:
+        """Of the settings a user gave (name -> value; None: not given), those this recipe ignores, each with why."""
         why = {}
-        for name in names:
+        for name, value in given.items():
+            if value is None:
+                continue
             if name in ("backdrop", "backdrop_share", "centre") and not self.alpha:
                 why[name] = f"without transparency (alpha > 0; recipe {self.name} has none)"
             elif name == "decay_power" and self.param != "fourier":
                 why[name] = f"with param {self.param} (Fourier only)"
         return why
+
+    def warn_without_effect(self, given: Mapping[str, object], flags: bool = False) -> None:
+        """One warning per setting in ``given`` this recipe ignores (:meth:`without_effect`); ``flags``: name
+        them as command-line flags (``--backdrop-share``), else as Python / TOML names (``backdrop_share``)."""
+        for name, why in self.without_effect(given).items():
+            shown = "--" + name.replace("_", "-") if flags else f"fvis: {name}"
+            warnings.warn(f"{shown} has no effect {why}")
 
     def replace(self, **changes) -> "Recipe":
         """A copy with ``changes`` (unknown names are one clear error); ``None`` values are ignored."""

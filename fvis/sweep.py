@@ -160,8 +160,9 @@ def _prototype_job(j: int, table: dict, folder: str, settings: dict, model, opti
     unknown = [k for k in options if (k not in params or k == "progress") and k not in fields]
     if unknown:
         raise FvisError(f"unknown key {unknown[0]!r}: not an option of make_prototypes or a recipe setting")
-    recipe = get_recipe(options.pop("recipe", DEFAULT)).replace(
-        match=match, **{k: options.pop(k) for k in list(options) if k in fields})  # checks every setting
+    given = {k: options.pop(k) for k in list(options) if k in fields}
+    recipe = get_recipe(options.pop("recipe", DEFAULT)).replace(match=match, **given)  # checks every setting
+    recipe.warn_without_effect(given)
     if not steps_given:
         settings = {**settings, "steps": recipe.steps}
     for key, value in options.items():  # passed through: known names, and the default's type

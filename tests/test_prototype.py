@@ -185,6 +185,7 @@ def test_prototype_cli_bad_input(tmp_path, capsys, argv, message):
     (["--scale-range", "1.2"], "--scale-range: expected LO,HI"),
     (["--jitter", "-3"], "--jitter: expected an integer >= 0"),
     (["--score", "log-odds"], "--score: invalid choice: 'log-odds'"),
+    (["--lr-schedule", "cosin"], "--lr-schedule: invalid choice: 'cosin'"),
 ])
 def test_prototype_cli_transform_flags_are_checked_by_the_parser(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
@@ -232,8 +233,9 @@ def test_make_prototypes_says_when_a_setting_has_no_effect(lite0):
         make_prototypes(lite0, [94], recipe="robust-blur", centre=2.0, steps=1, size=64, heldout=0, progress=False)
     assert len(seen) == 1
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # with transparency the same setting is used: no warning
+        warnings.simplefilter("error", UserWarning)  # with transparency the same setting is used: no warning
         make_prototypes(lite0, [94], recipe="transparent", centre=2.0, steps=1, size=64, heldout=0, progress=False)
+        make_prototypes(lite0, [94], recipe="robust-blur", centre=None, steps=1, size=64, heldout=0, progress=False)
 
 
 def test_prototype_cli_centre_reaches_the_recipe_and_is_recorded(tmp_path, capsys):

@@ -169,6 +169,15 @@ def test_recipe_settings_are_checked_once_with_clear_errors(tmp_path):
     assert len(wide.scales()) == 21 and wide.settings()["scale_range"] == [0.8, 1.2]
 
 
+def test_the_default_is_log_odds_with_a_falling_learning_rate_and_a_lighter_opacity_penalty():
+    """Pinned: the recipe the blind test chose (results/prototype/cosine/), not a drifting copy of it."""
+    from fvis.recipes import DEFAULT
+
+    assert DEFAULT == "cosine"
+    assert RECIPES["cosine"] == RECIPES["log-odds"].replace(name="cosine", lr_schedule="cosine", alpha=7.5)
+    assert RECIPES["log-odds"] == RECIPES["transparent"].replace(name="log-odds", score="log_odds", alpha=15.0)
+
+
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_raises_its_class_on_real_lite0(lite0, coffee, tmp_path, name):
     start = torch.full((1, 3, 128, 128), 0.5)

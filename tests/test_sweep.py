@@ -240,3 +240,18 @@ def test_prototype_jobs_take_their_recipes_steps_unless_steps_is_set():
     assert steps("steps = 7\n" + two) == [7, 7]
     channel_job = '\n[[job]]\nkind = "channel"\nmodel = "efficientnet-lite0"\nlayer = "_blocks.2"\nchannels = 0\n'
     assert steps(PROTOTYPE_JOB.replace("heldout = 0", "heldout = 0\nsteps = 5") + channel_job) == [5, 256]
+
+
+def test_a_prototype_job_says_when_a_setting_has_no_effect():
+    """The sweep moves recipe settings into the recipe before make_prototypes sees them: it warns itself."""
+    import tomllib
+    import warnings
+
+    job = PROTOTYPE_JOB.replace('match = "none"', 'match = "none"\ncentre = 2.0\nrecipe = "{}"')
+    with pytest.warns(UserWarning, match="centre has no effect without transparency") as seen:
+        fvis.sweep.plan(tomllib.loads(job.format("robust-blur")), "cpu")
+    assert len(seen) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # with transparency the same setting is used
+        fvis.sweep.plan(tomllib.loads(job.format("transparent")), "cpu")
+

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 from ..classes import resolve_class
@@ -55,10 +54,10 @@ def add_arguments(parser) -> None:
                         "from the centre (1 at the middle of every side): the kept part gathers in one central region "
                         "(transparency only; recipes: 0)")
     parser.add_argument("--coarse", type=float, help="share of steps at half resolution (coarse-to-fine)")
-    parser.add_argument("--flip", type=float, help="probability of mirroring in the transforms (robust, deepinversion, vital: 0.5; others: 0)")
-    parser.add_argument("--jitter", type=nonnegative_int, help="transforms' random shift in px (robust: 16, the others: 8)")
-    parser.add_argument("--scale-range", type=scale_range, metavar="LO,HI", help="transforms' scale factors (robust: 0.8,1.2, the others: 0.9,1.1)")
-    parser.add_argument("--degrees", type=float, help="transforms' rotation within +-degrees (robust: 15, the others: 10)")
+    parser.add_argument("--flip", type=float, help="probability of mirroring in the transforms (robust and the recipes built on it (robust-blur, transparent, log-odds, cosine), deepinversion, vital: 0.5; others: 0)")
+    parser.add_argument("--jitter", type=nonnegative_int, help="transforms' random shift in px (robust and the recipes built on it (robust-blur, transparent, log-odds, cosine): 16; the others: 8)")
+    parser.add_argument("--scale-range", type=scale_range, metavar="LO,HI", help="transforms' scale factors (robust and the recipes built on it (robust-blur, transparent, log-odds, cosine): 0.8,1.2; the others: 0.9,1.1)")
+    parser.add_argument("--degrees", type=float, help="transforms' rotation within +-degrees (robust and the recipes built on it (robust-blur, transparent, log-odds, cosine): 15; the others: 10)")
     parser.add_argument("--blur", type=float, help="random Gaussian blur after the transforms: largest sigma in px (0: none)")
     parser.add_argument("--high-freq", type=float, help="weight of the high-frequency share (HFER) penalty")
     parser.add_argument("--hf-energy", type=float, help="weight of the absolute high-frequency energy penalty")
@@ -92,9 +91,7 @@ def _run(args) -> None:
         match_ratio=args.match_ratio, match_layers=layers, param=args.param, decay_power=args.decay_power, init=args.init, alpha=args.alpha, backdrop=args.backdrop,
         backdrop_share=args.backdrop_share, centre=args.centre, coarse=args.coarse,
         flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, lr_schedule=args.lr_schedule, score=args.score, diversity=args.diversity)
-    given = [name for name in ("backdrop", "backdrop_share", "centre", "decay_power") if getattr(args, name) is not None]
-    for name, why in recipe.without_effect(given).items():
-        warnings.warn(f"--{name.replace('_', '-')} has no effect {why}")
+    recipe.warn_without_effect(vars(args), flags=True)  # a flag the recipe ignores: one warning line
     if recipe.match.startswith("images:"):
         list_images(recipe.match.split(":", 1)[1])  # the folder exists and holds images
     if args.reference is not None:
