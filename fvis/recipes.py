@@ -222,7 +222,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # The default: `log-odds` with the learning rate falling along a cosine to a tenth (the last steps settle
     # the picture instead of adding fine detail) and half its opacity weight again (7.5: more of the picture is
     # object). On 40 fresh classes it met the rule fixed beforehand against `log-odds` (64 vs 62 of 80 names:
-    # 8 in 10; per class 5 better, 5 worse) (results/prototype/cosine/README.md).
+    # 8 in 10; per class 5 better, 5 worse; on a third set 30 vs 28 of 40) (results/prototype/cosine/README.md).
     _LOG_ODDS.replace(name="cosine", lr_schedule="cosine", alpha=7.5),
     # feature accentuation (Hamblin et al. 2023): start from a photo, stay on its activation path
     Recipe("accentuate", init="image:", match="seed", match_stat="sorted", steps=256),
