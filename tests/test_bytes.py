@@ -6,10 +6,13 @@ The hashes were recorded with two CPU threads (this project's CI machine); float
 over another thread count round differently, so every test here runs on two threads whatever the
 environment says (``OMP_NUM_THREADS=1`` included).
 
-Float kernels differ between torch releases, so the hashes are kept per torch release (major.minor):
-2.15 recorded before the reshaping, 2.14 (the release this machine's pip is capped at) recorded from the
-last commit whose 2.15 hashes passed CI (552f2b3) and checked equal for the code after it. On any other
-release the tests skip, saying so.
+Float kernels differ between torch releases and between builds of one release (the CPU-only wheel and
+PyPI's default CUDA wheel, run on the CPU here, round differently), so the hashes are kept per release
+(major.minor) and build: 2.15 recorded before the reshaping (by its bytes a CUDA wheel: the 2.14 CUDA wheel
+gives the same); 2.14 CPU-only (the wheel this machine had preinstalled then) recorded from the last commit
+whose 2.15 hashes passed CI (552f2b3) and checked equal for the code after it; 2.14 CUDA wheel (what
+`pip install -e ".[dev]"` resolved on a fresh machine without torch, 2.14.1+cu130) checked from 3e4d109,
+before the eleventh session's changes: 2.15's bytes. On any other release or build the tests skip, saying so.
 
 The prototype hash pins explicit settings (match="bn", high_freq=10, init="equidistant") so that
 a change of defaults does not move it. Prototype internals may be changed on purpose (issue 17):
@@ -25,7 +28,7 @@ from fvis.cli import main
 from fvis.prototype import make_prototypes
 
 HASHES = {
-    "2.15": {
+    ("2.15", "cuda"): {
         "render": {
             "channel__blocks.2_3.png": "6b1a5ecc86e6f44022319948dfe4cde5b4d58f0b0d10b6b42e0b613da857e73e",
             "logit_goldfinch.png": "0d9fcdaeadc514fe58e29033416c687a1960d1e207dc93e5699f8ba0356baba8",
@@ -36,7 +39,7 @@ HASHES = {
         },
         "prototype": "5177f61a03fcbe7e72faa71c859762c79c43b26262809ef20cb81b66932cb761",
     },
-    "2.14": {
+    ("2.14", "cpu"): {
         "render": {
             "channel__blocks.2_3.png": "6b1a5ecc86e6f44022319948dfe4cde5b4d58f0b0d10b6b42e0b613da857e73e",
             "logit_goldfinch.png": "797298aba9321216de18348c9f80934e606ea225b4e6744659654d106f50027a",
@@ -48,13 +51,16 @@ HASHES = {
         "prototype": "9838e7f2f856bac35f2860aa375629472e189bbb712f8be04a83aafd13097cf7",
     },
 }
+HASHES[("2.14", "cuda")] = HASHES[("2.15", "cuda")]  # checked: 2.14.1+cu130 on this CPU gives 2.15's bytes
 RELEASE = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+BUILD = "cuda" if torch.version.cuda else "cpu" if torch.version.hip is None else "rocm"
 
 
 def expected(kind: str):
-    if RELEASE not in HASHES:
-        pytest.skip(f"bytes recorded for torch {', '.join(HASHES)} only, this is torch {torch.__version__}")
-    return HASHES[RELEASE][kind]
+    if (RELEASE, BUILD) not in HASHES:
+        recorded = ", ".join(f"{release} ({build} wheel)" for release, build in HASHES)
+        pytest.skip(f"bytes recorded for torch {recorded} only, this is torch {torch.__version__}")
+    return HASHES[RELEASE, BUILD][kind]
 
 
 @pytest.fixture(autouse=True)
