@@ -277,10 +277,10 @@ def test_prototype_cli_decay_power_reaches_the_fourier_image_and_is_recorded(tmp
     monkeypatch.setattr(fourier.FourierImage, "__init__",
                         lambda self, *a, **k: (seen.append(k.get("decay_power")), init(self, *a, **k))[1])
     rc = main(["prototype", "--model", "efficientnet-lite0", "--classes", "94", "--steps", "1", "--size", "64",
-               "--heldout", "0", "--quiet", "--decay-power", "1.25", "--out", str(tmp_path / "o")])
-    assert rc == 0 and seen == [1.25, 1.25]  # the image and its opacity
+               "--heldout", "0", "--quiet", "--decay-power", "1.5", "--out", str(tmp_path / "o")])
+    assert rc == 0 and seen == [1.5, 1.5]  # the image and its opacity (the default recipe's own: 1.25)
     record = json.loads(next((tmp_path / "o").glob("94_*.json")).read_text())
-    assert record["settings"]["decay_power"] == 1.25
+    assert record["settings"]["decay_power"] == 1.5
     rc = main(["prototype", "--model", "efficientnet-lite0", "--recipe", "robust-blur", "--param", "pixel", "--classes", "94",
                "--steps", "1", "--size", "64", "--heldout", "0", "--quiet", "--decay-power", "2", "--out", str(tmp_path / "p")])
     err = capsys.readouterr().err

@@ -41,7 +41,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--match-layers", help="per-block | all | LAYER,LAYER,...")
     parser.add_argument("--param", choices=["fourier", "maco", "pixel"], help="input parameterization")
     parser.add_argument("--decay-power", type=float, metavar="D", help="Fourier spectrum scale 1/f^D of the image and "
-                        "of a transparent image's opacity (recipes: 1, Lucid's; higher: coarse structure grows faster "
+                        "of a transparent image's opacity (cosine: 1.25; the other recipes: 1, Lucid's; higher: coarse structure grows faster "
                         "than fine detail)")
     parser.add_argument("--reference", type=Path, metavar="DIR", help="images for the MACO amplitude spectrum")
     parser.add_argument("--init", metavar="random|equidistant|image:PATH", help="start (image:PATH: accentuate a photo)")
