@@ -221,11 +221,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     _LOG_ODDS,
     # The default: `log-odds` with the learning rate falling along a cosine to a tenth (the last steps settle
     # the picture instead of adding fine detail) and half its opacity weight again (7.5: more of the picture is
-    # object). On 40 fresh classes it met the rule fixed beforehand against `log-odds` (64 vs 62 of 80 names:
-    # 8 in 10; per class 5 better, 5 worse; on a third set 30 vs 28 of 40). Then a steeper Fourier spectrum
+    # object). At decay_power 1, on 40 fresh classes it met the rule fixed beforehand against `log-odds` (64 vs 62
+    # of 80 names; per class 5 better, 5 worse; on a third set 30 vs 28 of 40). Then a steeper Fourier spectrum
     # (decay_power 1.25: coarse structure grows faster than fine) met its own rule on 20 more fresh classes
     # (25 vs 21 of 40 names; all three photo statistics in range for 15 images of 20 against 7; held-out
-    # transfer 0.959, unseen-family 0.778 against 0.907) (results/prototype/cosine/README.md).
+    # transfer 0.959, unseen-family 0.778 against 0.907; 8 in 10 not shown: 6.3 there) (results/prototype/cosine/README.md).
     _LOG_ODDS.replace(name="cosine", lr_schedule="cosine", alpha=7.5, decay_power=1.25),
     # feature accentuation (Hamblin et al. 2023): start from a photo, stay on its activation path
     Recipe("accentuate", init="image:", match="seed", match_stat="sorted", steps=256),

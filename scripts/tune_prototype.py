@@ -2,7 +2,7 @@
 Lite0 prototypes, Lite1 + Lite2 judging, per-class metrics and the medians of the naturalness statistics;
 saves the prototypes (PNG + JSON, a contact sheet) for a blind viewer.
 
-    python scripts/tune_prototype.py --steps 400 --set decay_power=1.25 --out /tmp/t_dp125
+    python scripts/tune_prototype.py --steps 400 --set decay_power=1.5 --out /tmp/t_dp15
 
 Every ``--set key=value`` is a recipe field (numbers and lists parsed as JSON); ``--recipe`` names the
 recipe they change (default: the default recipe).

@@ -8,8 +8,8 @@ environment says (``OMP_NUM_THREADS=1`` included).
 
 Float kernels differ between torch releases and between builds of one release (the CPU-only wheel and
 PyPI's default CUDA wheel, run on the CPU here, round differently), so the hashes are kept per release
-(major.minor) and build: 2.15 recorded before the reshaping (by its bytes a CUDA wheel: the 2.14 CUDA wheel
-gives the same); 2.14 CPU-only (the wheel this machine had preinstalled then) recorded from the last commit
+(major.minor), build and CPU architecture (all on x86_64): 2.15 recorded before the reshaping (presumably a CUDA
+wheel: the 2.14 CUDA wheel gives the same bytes); 2.14 CPU-only (the wheel this machine had preinstalled then) recorded from the last commit
 whose 2.15 hashes passed CI (552f2b3) and checked equal for the code after it; 2.14 CUDA wheel (what
 `pip install -e ".[dev]"` resolved on a fresh machine without torch, 2.14.1+cu130) checked from 3e4d109,
 before the eleventh session's changes: 2.15's bytes. On any other release or build the tests skip, saying so.
@@ -19,6 +19,7 @@ a change of defaults does not move it. Prototype internals may be changed on pur
 then its ``prototype`` hashes are re-recorded in a commit of its own that says why.
 """
 import hashlib
+import platform
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from fvis.cli import main
 from fvis.prototype import make_prototypes
 
 HASHES = {
-    ("2.15", "cuda"): {
+    ("2.15", "cuda", "x86_64"): {
         "render": {
             "channel__blocks.2_3.png": "6b1a5ecc86e6f44022319948dfe4cde5b4d58f0b0d10b6b42e0b613da857e73e",
             "logit_goldfinch.png": "0d9fcdaeadc514fe58e29033416c687a1960d1e207dc93e5699f8ba0356baba8",
@@ -39,7 +40,7 @@ HASHES = {
         },
         "prototype": "5177f61a03fcbe7e72faa71c859762c79c43b26262809ef20cb81b66932cb761",
     },
-    ("2.14", "cpu"): {
+    ("2.14", "cpu", "x86_64"): {
         "render": {
             "channel__blocks.2_3.png": "6b1a5ecc86e6f44022319948dfe4cde5b4d58f0b0d10b6b42e0b613da857e73e",
             "logit_goldfinch.png": "797298aba9321216de18348c9f80934e606ea225b4e6744659654d106f50027a",
@@ -51,16 +52,18 @@ HASHES = {
         "prototype": "9838e7f2f856bac35f2860aa375629472e189bbb712f8be04a83aafd13097cf7",
     },
 }
-HASHES[("2.14", "cuda")] = HASHES[("2.15", "cuda")]  # checked: 2.14.1+cu130 on this CPU gives 2.15's bytes
+HASHES["2.14", "cuda", "x86_64"] = HASHES["2.15", "cuda", "x86_64"]  # checked: 2.14.1+cu130 on this CPU gives 2.15's bytes
 RELEASE = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 BUILD = "cuda" if torch.version.cuda else "cpu" if torch.version.hip is None else "rocm"
+HERE = (RELEASE, BUILD, platform.machine())
 
 
 def expected(kind: str):
-    if (RELEASE, BUILD) not in HASHES:
-        recorded = ", ".join(f"{release} ({build} wheel)" for release, build in HASHES)
-        pytest.skip(f"bytes recorded for torch {recorded} only, this is torch {torch.__version__}")
-    return HASHES[RELEASE, BUILD][kind]
+    if HERE not in HASHES:
+        recorded = ", ".join(f"{release} ({build} build, {machine})" for release, build, machine in HASHES)
+        pytest.skip(f"bytes recorded for torch {recorded} only, this is torch {torch.__version__} "
+                    f"({BUILD} build, {HERE[2]})")
+    return HASHES[HERE][kind]
 
 
 @pytest.fixture(autouse=True)
