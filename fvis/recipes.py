@@ -20,6 +20,7 @@ from .errors import FvisError, suggest
 from .params.transparent import BACKDROPS
 
 PARAMS = ("fourier", "maco", "pixel")
+LR_SCHEDULES = ("constant", "cosine")
 SOURCES = ("bn", "images:DIR", "seed", "none")
 RENAMED = {"log_prob": "use score='log_prob' (score: logit | log_prob | log_odds)"}  # old settings files say why they fail
 
@@ -115,8 +116,8 @@ class Recipe:
             bad("match_stat", self.match_stat, "moments | sorted")
         if self.match_over not in ("item", "batch"):
             bad("match_over", self.match_over, "item | batch")
-        if self.lr_schedule not in ("constant", "cosine"):
-            bad("lr_schedule", self.lr_schedule, "constant | cosine")
+        if self.lr_schedule not in LR_SCHEDULES:
+            bad("lr_schedule", self.lr_schedule, " | ".join(LR_SCHEDULES))
         if not 0 <= self.coarse < 1:
             bad("coarse", self.coarse, "a share of the steps in [0, 1)")
         if self.param == "maco" and (self.coarse or self.init.startswith("image:")):

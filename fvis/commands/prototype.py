@@ -11,7 +11,7 @@ from ..files import check_writable, list_images
 from ..models import load
 from ..params.transparent import BACKDROPS
 from ..prototype import make_prototypes, save_prototypes
-from ..recipes import DEFAULT as DEFAULT_RECIPE, RECIPES, SCORES, get_recipe
+from ..recipes import DEFAULT as DEFAULT_RECIPE, LR_SCHEDULES, PARAMS, RECIPES, SCORES, get_recipe
 from ._args import (MODEL_HELP, add_execution_args, add_model_args, add_run_args, load_model, nonnegative_int,
                     positive_int, size)
 
@@ -39,7 +39,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--match-over", choices=["item", "batch"], help="statistics of each image or of the whole batch")
     parser.add_argument("--match-ratio", type=float, help="matching gradient norm / objective's at the start")
     parser.add_argument("--match-layers", help="per-block | all | LAYER,LAYER,...")
-    parser.add_argument("--param", choices=["fourier", "maco", "pixel"], help="input parameterization")
+    parser.add_argument("--param", choices=PARAMS, help="input parameterization")
     parser.add_argument("--decay-power", type=float, metavar="D", help="Fourier spectrum scale 1/f^D of the image and "
                         "of a transparent image's opacity (cosine: 1.25; the other recipes: 1, Lucid's; higher: coarse structure grows faster "
                         "than fine detail)")
@@ -68,7 +68,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--diversity", type=float, default=None, help="within-class diversity weight (default 50 when K > 1)")
     parser.add_argument("--size", type=size, help="image size N or HxW (default: the model's input size)")
     parser.add_argument("--lr", type=float, help="learning rate (recipe's: 0.05)")
-    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), help="learning rate over the steps: constant, or "
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="learning rate over the steps: constant, or "
                         "cosine down to a tenth (recipe's: cosine and deepinversion cosine, others constant)")
     parser.add_argument("--evaluators", default="", metavar="M2,M3", help="independent models for the transfer metric")
     parser.add_argument("--heldout", type=nonnegative_int, default=32, metavar="N", help="transforms per family (held-out, unseen) for robustness and transfer (0: none)")
