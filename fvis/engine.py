@@ -99,12 +99,13 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     names = unique([r.name for r in regularizers], sep=".")
     layers = set(objective.layers).union(*(r.layers for r in regularizers))
     capture_options = {k: v for p in policies for k, v in p.capture.items()}
+    grad_filters = {k: f for r in regularizers for k, f in getattr(r, "gradient_filters", dict)().items()}
     history: dict[str, list] = {}
     stopped = None
     start = time.perf_counter()
     uses_gradient = getattr(opt, "uses_gradient", True)
     scores_inputs = isinstance(opt, SearchOptimizer) and opt.scores_inputs  # once: a Protocol check is slow
-    with capturing(model, layers, **capture_options) as capture, \
+    with capturing(model, layers, grad_filters=grad_filters, **capture_options) as capture, \
             (contextlib.nullcontext() if uses_gradient else torch.no_grad()):
         with torch.no_grad():  # dry run on one transformed item (own generator: the run's draws stay as seeded)
             x_in, dry_generator = param(), torch.Generator().manual_seed(seed)

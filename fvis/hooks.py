@@ -168,13 +168,19 @@ class Capture:
     copy of an image model (:func:`inference_copy`: BatchNorm and padding folded into
     convolutions, activations in place; the model itself is not changed); off by default
     (``CaptureOptions(fold=True)`` / ``fvis render --fold``).
+
+    ``grad_filters``: ``{layer: f}`` (plain module names, hooked too): in every forward with gradients,
+    the gradient flowing back through that module's tensor output ``a`` becomes ``f(a, grad)``
+    (``a`` as captured, detached), so it changes what reaches the input through the model, not only
+    what reaches the captured copy (e.g. :class:`regularizers.RelevanceFilter`).
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str], truncate: bool = True,
                  channels_last: bool | None = None, precision: str = "fp32", compile: bool = False,
-                 fold: bool = False):
+                 fold: bool = False, grad_filters: dict | None = None):
         self.model = model
-        self._names = set(layers)
+        self._filters = dict(grad_filters or {})
+        self._names = set(layers) | set(self._filters)
         self.modules = resolve_layers(model, self._names)
         self.fold = fold and not compile
         self.truncate = truncate and not compile
@@ -214,7 +220,12 @@ class Capture:
         self._handles.clear()
 
     def _hook(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
-        self._store.setdefault(name, []).append(_protect(output, self._dtype))
+        kept = _protect(output, self._dtype)
+        self._store.setdefault(name, []).append(kept)
+        gradient_filter = self._filters.get(name)
+        if gradient_filter is not None and isinstance(output, torch.Tensor) and output.requires_grad:
+            seen = kept.detach()  # a copy: later in-place ops on the output cannot change it
+            output.register_hook(lambda grad: gradient_filter(seen, grad).to(grad.dtype))
         self._calls_seen += 1
         if self._calls_seen == self._calls_needed:
             raise _StopForward

@@ -4,7 +4,8 @@ in one batched :func:`fvis.optimize` run (two with coarse-to-fine), set up by a 
 
     objective    = class logit of item i's class  (+ diversity within a class when per_class > 1)
     regularizers = transformation robustness (+ flips), TV / L2 / frequency priors,
-                   natural-activation matching (moments or sorted; BatchNorm, images or the seed photo)
+                   natural-activation matching (moments or sorted; BatchNorm, images or the seed photo),
+                   the gradient kept to the most relevant channels (VITAL's relevant information flow)
     start        = random, the "equidistant" input (all classes equally likely) or a photo
 """
 from __future__ import annotations
@@ -82,6 +83,14 @@ def match_layer_names(model: ImageModel, r: Recipe) -> list[str]:
     if not names and r.match != "bn":
         names = path_layers(model)
     return names
+
+
+def relevance_layer_names(model: ImageModel, r: Recipe) -> list[str]:
+    """The layers where ``r`` filters the gradient by relevance: its names, every block's output
+    (``blocks``: :func:`fvis.evaluate.path_layers`) or the matched layers (``matched``)."""
+    if not isinstance(r.relevance_layers, str):
+        return list(r.relevance_layers)
+    return path_layers(model) if r.relevance_layers == "blocks" else match_layer_names(model, r)
 
 
 def natural_regularizer(model: ImageModel, r: Recipe, classes: Sequence[int] = (), seed_image=None,
@@ -229,6 +238,8 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
     if matching is not None:
         matching = matching.to(device)
         regs.append(matching)
+    if r.relevance:
+        regs.append(reg.RelevanceFilter(relevance_layer_names(model, r), keep=r.relevance))
     diversity = r.diversity if r.diversity is not None else (50.0 if per_class > 1 else 0.0)
     if diversity and per_class > 1:
         layer = matching.layers[-1] if matching is not None else path_layers(model)[-1]

@@ -21,6 +21,7 @@ from .params.transparent import BACKDROPS
 
 PARAMS = ("fourier", "maco", "pixel")
 LR_SCHEDULES = ("constant", "cosine")
+RELEVANCE_LAYERS = ("blocks", "matched")
 SOURCES = ("bn", "images:DIR", "seed", "none")
 RENAMED = {"log_prob": "use score='log_prob' (score: logit | log_prob | log_odds)"}  # old settings files say why they fail
 
@@ -54,6 +55,10 @@ class Recipe:
     | tuple of layer names), ``first_layer`` (weight multiplier of the first matched layer),
     ``match_ratio`` (auto-balance: the matching gradient norm at the start / the objective's) or a
     fixed ``match_weight``, ``class_weight`` (class-mean term with class-named reference images).
+    Relevant information flow (VITAL): ``relevance`` (the share of channels whose gradient is kept at each
+    relevance layer, the most relevant to the loss by gradient x activation; 0: off;
+    :class:`regularizers.RelevanceFilter`), ``relevance_layers`` (``blocks``: every block's output, as
+    ``fvis evaluate``'s path layers | ``matched``: the ``match_layers`` | tuple of layer names).
     Objective: ``score`` (``logit`` | ``log_prob``: log-softmax | ``log_odds``: the logit minus the
     log-sum-exp of the other logits; :func:`objectives.class_logits`), ``diversity`` (within-class
     diversity weight when several per class; ``None``: 50 then, else 0).
@@ -89,6 +94,8 @@ class Recipe:
     match_ratio: float = 1.0
     match_weight: float | None = None
     class_weight: float = 1.0
+    relevance: float = 0.0
+    relevance_layers: str | tuple = "blocks"
     score: str = "logit"
     diversity: float | None = None
 
@@ -137,6 +144,12 @@ class Recipe:
             bad("flip", self.flip, "a probability in [0, 1]")
         if isinstance(self.match_layers, str) and self.match_layers not in ("per-block", "all"):
             bad("match_layers", self.match_layers, "per-block | all | a list of layer names")
+        if not 0 <= self.relevance <= 1:
+            bad("relevance", self.relevance, "a share of channels in [0, 1] (0: off)")
+        if isinstance(self.relevance_layers, str) and self.relevance_layers not in RELEVANCE_LAYERS:
+            bad("relevance_layers", self.relevance_layers, " | ".join(RELEVANCE_LAYERS) + " | a list of layer names")
+        if isinstance(self.relevance_layers, tuple) and not self.relevance_layers:
+            bad("relevance_layers", self.relevance_layers, "at least one layer name")
         for source in (self.match, self.init):
             path = source.split(":", 1)[1] if source.startswith(("images:", "image:")) else None
             if path is not None and not Path(path).exists():
@@ -158,6 +171,8 @@ class Recipe:
                 why[name] = f"without transparency (alpha > 0; recipe {self.name} has none)"
             elif name == "decay_power" and self.param != "fourier":
                 why[name] = f"with param {self.param} (Fourier only)"
+            elif name == "relevance_layers" and not self.relevance:
+                why[name] = f"without relevance filtering (relevance > 0; recipe {self.name} has none)"
         return why
 
     def warn_without_effect(self, given: Mapping[str, object], flags: bool = False) -> None:

@@ -1,4 +1,5 @@
-"""The one regularizer interface: an optional input transform and an optional penalty.
+"""The one regularizer interface: an optional input transform, an optional penalty and, rarely,
+gradient filters at named layers (:meth:`Regularizer.gradient_filters`).
 
 The engine, per step:  ``x = param()``; ``x_in = r.transform(x_in, generator)`` for each
 regularizer in order; ``acts = model(x_in)``; ``loss = -objective + sum(r.penalty(x, acts))``.
@@ -32,6 +33,11 @@ class Regularizer(nn.Module):
     def penalty(self, x: torch.Tensor, acts: Activations) -> torch.Tensor | None:
         """Per-item penalty ``(B,)`` of the untransformed input ``x`` (``None``: no penalty)."""
         return None
+
+    def gradient_filters(self) -> dict:
+        """``{layer: f(activation, grad) -> grad}``: how the gradient flowing back through each layer's
+        output is changed in the run (``{}``: not at all; :class:`fvis.hooks.Capture`'s ``grad_filters``)."""
+        return {}
 
     def check(self, acts: Activations) -> None:
         """Validate against the dry-forward activations (e.g. needed layers exist)."""

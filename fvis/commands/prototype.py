@@ -11,7 +11,7 @@ from ..files import check_writable, list_images
 from ..models import load
 from ..params.transparent import BACKDROPS
 from ..prototype import make_prototypes, save_prototypes
-from ..recipes import DEFAULT as DEFAULT_RECIPE, LR_SCHEDULES, PARAMS, RECIPES, SCORES, get_recipe
+from ..recipes import DEFAULT as DEFAULT_RECIPE, LR_SCHEDULES, PARAMS, RECIPES, RELEVANCE_LAYERS, SCORES, get_recipe
 from ._args import (MODEL_HELP, add_execution_args, add_model_args, add_run_args, load_model, nonnegative_int,
                     positive_int, size)
 
@@ -39,6 +39,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--match-over", choices=["item", "batch"], help="statistics of each image or of the whole batch")
     parser.add_argument("--match-ratio", type=float, help="matching gradient norm / objective's at the start")
     parser.add_argument("--match-layers", help="per-block | all | LAYER,LAYER,...")
+    parser.add_argument("--relevance", type=float, metavar="SHARE", help="keep the gradient of only this share of "
+                        "channels at each relevance layer, the most relevant to the loss by gradient x activation "
+                        "(VITAL's relevant information flow; 0: off, every recipe's setting)")
+    parser.add_argument("--relevance-layers", metavar="blocks|matched|L,L", help="where --relevance filters: every "
+                        "block's output (blocks, the default), the --match-layers (matched) or named layers")
     parser.add_argument("--param", choices=PARAMS, help="input parameterization")
     parser.add_argument("--decay-power", type=float, metavar="D", help="Fourier spectrum scale 1/f^D of the image and "
                         "of a transparent image's opacity (cosine: 1.25; the other recipes: 1, Lucid's; higher: coarse structure grows faster "
@@ -83,12 +88,15 @@ def run(args) -> None:
 
 
 def _run(args) -> None:
-    layers = args.match_layers
+    layers, relevance_layers = args.match_layers, args.relevance_layers
     if layers is not None and layers not in ("per-block", "all"):
         layers = layers.split(",")
+    if relevance_layers is not None and relevance_layers not in RELEVANCE_LAYERS:
+        relevance_layers = tuple(n.strip() for n in relevance_layers.split(",") if n.strip())
     recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(  # every check of the settings, before any work
         steps=args.steps, match=args.match, match_stat=args.match_stat, match_over=args.match_over,
-        match_ratio=args.match_ratio, match_layers=layers, param=args.param, decay_power=args.decay_power, init=args.init, alpha=args.alpha, backdrop=args.backdrop,
+        match_ratio=args.match_ratio, match_layers=layers, relevance=args.relevance,
+        relevance_layers=relevance_layers, param=args.param, decay_power=args.decay_power, init=args.init, alpha=args.alpha, backdrop=args.backdrop,
         backdrop_share=args.backdrop_share, centre=args.centre, coarse=args.coarse,
         flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, lr_schedule=args.lr_schedule, score=args.score, diversity=args.diversity)
     recipe.warn_without_effect(vars(args), flags=True)  # a flag the recipe ignores: one warning line

@@ -1,0 +1,117 @@
+"""Relevance-filtered gradients (issue 17, VITAL's relevant information flow): the filter at a layer of
+real Lite0 equals plain autograd through that layer with the irrelevant channels held constant, keeps
+every channel at keep=1, leaves the model as it found it, and reaches prototypes from recipe and CLI."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import objectives as obj
+import regularizers as reg
+from fvis.engine import optimize
+from fvis.errors import FvisError
+from fvis.hooks import capturing, resolve_layers
+from fvis.param import PixelImage
+from fvis.prototype import make_prototypes
+from fvis.recipes import Recipe
+
+LAYER = "_blocks.10"
+
+
+def _input_grad(model, x, objective, grad_filters=None, forward_hook=None):
+    x = x.clone().requires_grad_(True)
+    handle = resolve_layers(model, [LAYER])[LAYER].register_forward_hook(forward_hook) if forward_hook else None
+    try:
+        with capturing(model, objective.layers, grad_filters=grad_filters) as cap:
+            (-objective(cap.forward(x)).sum()).backward()
+    finally:
+        if handle is not None:
+            handle.remove()
+    return x.grad
+
+
+def test_the_filter_is_autograd_through_the_relevant_channels_only(lite0):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 96, 96)
+    objective = obj.class_logits([94, 291], score="log_odds")
+    keep = reg.RelevanceFilter([LAYER], keep=0.25)
+    filtered = _input_grad(lite0, x, objective, keep.gradient_filters())
+
+    # the reference, by plain autograd: the loss's gradient at the layer gives each channel's relevance ...
+    seen = {}
+
+    def keep_output(module, inputs, output):
+        output.retain_grad()
+        seen["a"] = output
+
+    _input_grad(lite0, x, objective, forward_hook=keep_output)
+    a = seen["a"]
+    relevance = -(a.detach() * a.grad).sum((2, 3))
+    mask = torch.zeros_like(relevance)
+    for row, order in enumerate(relevance.argsort(1, descending=True)):
+        mask[row, order[:28]] = 1  # ceil(0.25 * 112) channels
+    assert torch.equal(reg.relevant_channels(reg.channel_relevance(a.detach(), a.grad), 0.25), mask)
+    # ... and the input's gradient when the other channels are held constant in the forward
+    mask = mask[:, :, None, None]
+    reference = _input_grad(lite0, x, objective, forward_hook=lambda m, i, o: o * mask + (o * (1 - mask)).detach())
+    plain = _input_grad(lite0, x, objective)
+    assert torch.allclose(filtered, reference, rtol=1e-5, atol=1e-7 * float(reference.abs().max()))
+    assert not torch.allclose(filtered, plain, atol=0.1 * float(plain.abs().max()))  # it did filter
+    # keep=1: the gradient as it was
+    assert torch.equal(_input_grad(lite0, x, objective, reg.RelevanceFilter([LAYER], keep=1.0).gradient_filters()),
+                       plain)
+
+
+def test_the_filter_leaves_the_model_as_found_also_on_errors(lite0):
+    def hooks():
+        return sum(len(m._forward_hooks) + len(m._backward_hooks) for m in lite0.modules())
+
+    before, flags = hooks(), [p.requires_grad for p in lite0.parameters()]
+    param = PixelImage(64, batch=1)
+    result = optimize(lite0, obj.class_logits([94]), param, [reg.RelevanceFilter([LAYER, "_blocks.14"], 0.5)],
+                      steps=3, progress=False)
+    assert result.steps == 3 and hooks() == before
+
+    class Broken(reg.RelevanceFilter):
+        def filter(self, activation, grad):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        optimize(lite0, obj.class_logits([94]), param, [Broken([LAYER], 0.5)], steps=2, progress=False)
+    assert hooks() == before and lite0.training is False
+    assert [p.requires_grad for p in lite0.parameters()] == flags
+
+
+def test_relevance_settings_are_checked_and_reach_the_prototype(lite0):
+    for bad, message in [({"relevance": 1.5}, "relevance must be a share"),
+                         ({"relevance_layers": "every"}, "relevance_layers must be blocks | matched"),
+                         ({"relevance_layers": ()}, "at least one layer")]:
+        with pytest.raises(FvisError, match=message):
+            Recipe("x").replace(**bad)
+    with pytest.raises(FvisError, match="keep must be a share"):
+        reg.RelevanceFilter([LAYER], keep=0)
+    assert Recipe("x").without_effect({"relevance_layers": "matched"})
+    assert not Recipe("x", relevance=0.3).without_effect({"relevance_layers": "matched"})
+
+    run = lambda **kw: make_prototypes(lite0, [94], recipe="robust", steps=3, size=64, heldout=0,  # noqa: E731
+                                       progress=False, **kw)[0]
+    plain, filtered = run(), run(relevance=0.25, relevance_layers=[LAYER])
+    assert filtered.settings["relevance"] == 0.25 and filtered.settings["relevance_layers"] == [LAYER]
+    assert not torch.allclose(plain.image, filtered.image, atol=1e-4)
+    assert torch.equal(run(relevance=1.0).image, plain.image)  # every channel kept: the same image
+
+
+def test_cli_relevance_flags(tmp_path):
+    cmd = [sys.executable, "-m", "fvis", "prototype", "--model", "efficientnet-lite0", "--classes", "94",
+           "--steps", "2", "--size", "64", "--heldout", "0", "--quiet"]
+    ok = subprocess.run([*cmd, "--relevance", "0.3", "--relevance-layers", "_blocks.10,_blocks.14",
+                         "--out", str(tmp_path / "ok")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    settings = json.loads((tmp_path / "ok" / "94_hummingbird.json").read_text())["settings"]
+    assert settings["relevance"] == 0.3 and settings["relevance_layers"] == ["_blocks.10", "_blocks.14"]
+    bad = subprocess.run([*cmd, "--relevance", "0.3", "--relevance-layers", "_blocks.99", "--out", str(tmp_path / "b")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("fvis: error: unknown layer '_blocks.99'")
+    assert not (tmp_path / "b" / "94_hummingbird.png").exists()
