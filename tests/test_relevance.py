@@ -115,3 +115,17 @@ def test_cli_relevance_flags(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("fvis: error: unknown layer '_blocks.99'")
     assert not (tmp_path / "b" / "94_hummingbird.png").exists()
+
+
+def test_help_texts_give_each_recipes_own_values_from_the_recipes_themselves(monkeypatch):
+    from fvis.commands import prototype as command
+    from fvis.recipes import RECIPES
+
+    assert command.recipe_values("decay_power") == "cosine: 1.25; others: 1"
+    assert command.recipe_values("relevance") == "every recipe: 0"
+    groups = dict(part.rsplit(": ", 1)[::-1] for part in command.recipe_values("jitter").split("; "))
+    assert groups == {"8": "lucent, bn-item, deepinversion, vital, accentuate", "16": "others"}
+    # a new recipe shows up in the help without anyone editing it
+    monkeypatch.setitem(RECIPES, "wide", Recipe("wide", jitter=24, scale_range=(0.5, 1.5)))
+    assert command.recipe_values("jitter").startswith("wide: 24; ")
+    assert "wide: 0.5,1.5" in command.recipe_values("scale_range")

@@ -27,13 +27,30 @@ def scale_range(text: str) -> tuple[float, float]:
 HELP = "class prototypes by a named recipe (+ metrics, naturalness, contact sheet)"
 
 
+def recipe_values(field: str) -> str:
+    """Each recipe's value of ``field`` for a help text, recipes with one value named together, the largest
+    group last as "others" (``"cosine: 1.25; others: 1"``): written from :data:`RECIPES`, never by hand."""
+    groups: dict = {}
+    for name, recipe in RECIPES.items():
+        groups.setdefault(getattr(recipe, field), []).append(name)
+
+    def shown(value) -> str:
+        if isinstance(value, tuple):
+            return ",".join(shown(v) for v in value)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    ordered = sorted(groups.items(), key=lambda kv: len(kv[1]))
+    parts = [f"{', '.join(names)}: {shown(value)}" for value, names in ordered[:-1]]
+    return "; ".join([*parts, f"others: {shown(ordered[-1][0])}"]) if parts else f"every recipe: {shown(ordered[0][0])}"
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--classes", required=True, metavar="C,C,...", help="class indices and/or names, e.g. 94,291,hummingbird")
     parser.add_argument("--recipe", default=None, metavar="NAME",
                         help=f"{' | '.join(RECIPES)} (default {DEFAULT_RECIPE}); the flags below override its settings")
     parser.add_argument("--per-class", type=positive_int, default=1, metavar="K", help="prototypes per class (diverse)")
-    parser.add_argument("--steps", type=positive_int, help="optimization steps (recipe's: robust, robust-blur, transparent, log-odds and cosine 1024, accentuate 256, others 512)")
+    parser.add_argument("--steps", type=positive_int, help=f"optimization steps ({recipe_values('steps')})")
     parser.add_argument("--match", metavar="bn|images:DIR|seed|none", help="natural-activation source")
     parser.add_argument("--match-stat", choices=["moments", "sorted"], help="match mean/std or whole sorted distributions")
     parser.add_argument("--match-over", choices=["item", "batch"], help="statistics of each image or of the whole batch")
@@ -41,40 +58,40 @@ def add_arguments(parser) -> None:
     parser.add_argument("--match-layers", help="per-block | all | LAYER,LAYER,...")
     parser.add_argument("--relevance", type=float, metavar="SHARE", help="keep the gradient of only this share of "
                         "channels at each relevance layer, the most relevant to the loss by gradient x activation "
-                        "(VITAL's relevant information flow; 0: off, every recipe's setting)")
+                        f"(VITAL's relevant information flow; 0: off; {recipe_values('relevance')})")
     parser.add_argument("--relevance-layers", metavar="blocks|matched|L,L", help="where --relevance filters: every "
                         "block's output (blocks, the default), the --match-layers (matched) or named layers")
     parser.add_argument("--param", choices=PARAMS, help="input parameterization")
     parser.add_argument("--decay-power", type=float, metavar="D", help="Fourier spectrum scale 1/f^D of the image and "
-                        "of a transparent image's opacity (cosine: 1.25; the other recipes: 1, Lucid's; higher: coarse structure grows faster "
-                        "than fine detail)")
+                        f"of a transparent image's opacity ({recipe_values('decay_power')}, Lucid's; higher: coarse structure "
+                        "grows faster than fine detail)")
     parser.add_argument("--reference", type=Path, metavar="DIR", help="images for the MACO amplitude spectrum")
     parser.add_argument("--init", metavar="random|equidistant|image:PATH", help="start (image:PATH: accentuate a photo)")
     parser.add_argument("--alpha", type=float, help="weight of the opacity penalty: > 0 gives the image an alpha channel, "
-                        "random backgrounds while optimizing (transparency; 0: none; transparent: 30, log-odds: 15, cosine: 7.5)")
+                        f"random backgrounds while optimizing (transparency; 0: none; {recipe_values('alpha')})")
     parser.add_argument("--backdrop", choices=BACKDROPS, help="what a transparent image is shown over (default blur)")
     parser.add_argument("--backdrop-share", type=float, metavar="S", help="share of the optimization's grounds that are "
-                        "the backdrop itself (0..1; the rest random; transparent, log-odds and cosine: 0.25)")
+                        f"the backdrop itself (0..1; the rest random; {recipe_values('backdrop_share')})")
     parser.add_argument("--centre", type=float, metavar="C", help="opacity penalty weighted 1 + C r^2 by the distance r "
                         "from the centre (1 at the middle of every side): the kept part gathers in one central region "
-                        "(transparency only; recipes: 0)")
-    parser.add_argument("--coarse", type=float, help="share of steps at half resolution (coarse-to-fine)")
-    parser.add_argument("--flip", type=float, help="probability of mirroring in the transforms (robust and the recipes built on it (robust-blur, transparent, log-odds, cosine), deepinversion, vital: 0.5; others: 0)")
-    parser.add_argument("--jitter", type=nonnegative_int, help="transforms' random shift in px (robust and the recipes built on it (robust-blur, transparent, log-odds, cosine): 16; the others: 8)")
-    parser.add_argument("--scale-range", type=scale_range, metavar="LO,HI", help="transforms' scale factors (robust and the recipes built on it (robust-blur, transparent, log-odds, cosine): 0.8,1.2; the others: 0.9,1.1)")
-    parser.add_argument("--degrees", type=float, help="transforms' rotation within +-degrees (robust and the recipes built on it (robust-blur, transparent, log-odds, cosine): 15; the others: 10)")
-    parser.add_argument("--blur", type=float, help="random Gaussian blur after the transforms: largest sigma in px (0: none)")
-    parser.add_argument("--high-freq", type=float, help="weight of the high-frequency share (HFER) penalty")
-    parser.add_argument("--hf-energy", type=float, help="weight of the absolute high-frequency energy penalty")
-    parser.add_argument("--tv", type=float, help="weight of the total-variation penalty")
-    parser.add_argument("--l2", type=float, help="weight of the L2 prior (distance from grey)")
+                        f"(transparency only; {recipe_values('centre')})")
+    parser.add_argument("--coarse", type=float, help=f"share of steps at half resolution (coarse-to-fine; {recipe_values('coarse')})")
+    parser.add_argument("--flip", type=float, help=f"probability of mirroring in the transforms ({recipe_values('flip')})")
+    parser.add_argument("--jitter", type=nonnegative_int, help=f"transforms' random shift in px ({recipe_values('jitter')})")
+    parser.add_argument("--scale-range", type=scale_range, metavar="LO,HI", help=f"transforms' scale factors ({recipe_values('scale_range')})")
+    parser.add_argument("--degrees", type=float, help=f"transforms' rotation within +-degrees ({recipe_values('degrees')})")
+    parser.add_argument("--blur", type=float, help=f"random Gaussian blur after the transforms: largest sigma in px (0: none; {recipe_values('blur')})")
+    parser.add_argument("--high-freq", type=float, help=f"weight of the high-frequency share (HFER) penalty ({recipe_values('high_freq')})")
+    parser.add_argument("--hf-energy", type=float, help=f"weight of the absolute high-frequency energy penalty ({recipe_values('hf_energy')})")
+    parser.add_argument("--tv", type=float, help=f"weight of the total-variation penalty ({recipe_values('tv')})")
+    parser.add_argument("--l2", type=float, help=f"weight of the L2 prior (distance from grey; {recipe_values('l2')})")
     parser.add_argument("--score", choices=SCORES, help="what is raised for the class: logit, log_prob (log-softmax) "
-                        "or log_odds (the logit minus the log-sum-exp of the other logits; log-odds and cosine recipes: log_odds, others: logit)")
+                        f"or log_odds (the logit minus the log-sum-exp of the other logits; {recipe_values('score')})")
     parser.add_argument("--diversity", type=float, default=None, help="within-class diversity weight (default 50 when K > 1)")
     parser.add_argument("--size", type=size, help="image size N or HxW (default: the model's input size)")
-    parser.add_argument("--lr", type=float, help="learning rate (recipe's: 0.05)")
+    parser.add_argument("--lr", type=float, help=f"learning rate ({recipe_values('lr')})")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="learning rate over the steps: constant, or "
-                        "cosine down to a tenth (recipe's: cosine and deepinversion cosine, others constant)")
+                        f"cosine down to a tenth ({recipe_values('lr_schedule')})")
     parser.add_argument("--evaluators", default="", metavar="M2,M3", help="independent models for the transfer metric")
     parser.add_argument("--heldout", type=nonnegative_int, default=32, metavar="N", help="transforms per family (held-out, unseen) for robustness and transfer (0: none)")
     add_execution_args(parser)
