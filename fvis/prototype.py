@@ -86,11 +86,15 @@ def match_layer_names(model: ImageModel, r: Recipe) -> list[str]:
 
 
 def relevance_layer_names(model: ImageModel, r: Recipe) -> list[str]:
-    """The layers where ``r`` filters the gradient by relevance: its names, every block's output
-    (``blocks``: :func:`fvis.evaluate.path_layers`) or the matched layers (``matched``)."""
+    """The layers where ``r`` filters the gradient by relevance: its names, the last block's output
+    (``last``), every block's output (``blocks``: :func:`fvis.evaluate.path_layers`) or the matched layers
+    (``matched``)."""
     if not isinstance(r.relevance_layers, str):
         return list(r.relevance_layers)
-    return path_layers(model) if r.relevance_layers == "blocks" else match_layer_names(model, r)
+    if r.relevance_layers == "matched":
+        return match_layer_names(model, r)
+    blocks = path_layers(model)
+    return blocks[-1:] if r.relevance_layers == "last" else blocks
 
 
 def natural_regularizer(model: ImageModel, r: Recipe, classes: Sequence[int] = (), seed_image=None,

@@ -21,7 +21,7 @@ from .params.transparent import BACKDROPS
 
 PARAMS = ("fourier", "maco", "pixel")
 LR_SCHEDULES = ("constant", "cosine")
-RELEVANCE_LAYERS = ("blocks", "matched")
+RELEVANCE_LAYERS = ("last", "blocks", "matched")
 SOURCES = ("bn", "images:DIR", "seed", "none")
 RENAMED = {"log_prob": "use score='log_prob' (score: logit | log_prob | log_odds)"}  # old settings files say why they fail
 
@@ -57,8 +57,9 @@ class Recipe:
     fixed ``match_weight``, ``class_weight`` (class-mean term with class-named reference images).
     Relevant information flow (VITAL): ``relevance`` (the share of channels whose gradient is kept at each
     relevance layer, the most relevant to the loss by gradient x activation; 0: off;
-    :class:`regularizers.RelevanceFilter`), ``relevance_layers`` (``blocks``: every block's output, as
-    ``fvis evaluate``'s path layers | ``matched``: the ``match_layers`` | tuple of layer names).
+    :class:`regularizers.RelevanceFilter`), ``relevance_layers`` (``last``: the last block's output |
+    ``blocks``: every block's output, as ``fvis evaluate``'s path layers | ``matched``: the ``match_layers``
+    | tuple of layer names).
     Objective: ``score`` (``logit`` | ``log_prob``: log-softmax | ``log_odds``: the logit minus the
     log-sum-exp of the other logits; :func:`objectives.class_logits`), ``diversity`` (within-class
     diversity weight when several per class; ``None``: 50 then, else 0).
@@ -95,7 +96,7 @@ class Recipe:
     match_weight: float | None = None
     class_weight: float = 1.0
     relevance: float = 0.0
-    relevance_layers: str | tuple = "blocks"
+    relevance_layers: str | tuple = "last"
     score: str = "logit"
     diversity: float | None = None
 

@@ -86,12 +86,18 @@ def test_the_filter_leaves_the_model_as_found_also_on_errors(lite0):
 
 def test_relevance_settings_are_checked_and_reach_the_prototype(lite0):
     for bad, message in [({"relevance": 1.5}, "relevance must be a share"),
-                         ({"relevance_layers": "every"}, "relevance_layers must be blocks | matched"),
+                         ({"relevance_layers": "every"}, "relevance_layers must be last | blocks | matched"),
                          ({"relevance_layers": ()}, "at least one layer")]:
         with pytest.raises(FvisError, match=message):
             Recipe("x").replace(**bad)
     with pytest.raises(FvisError, match="keep must be a share"):
         reg.RelevanceFilter([LAYER], keep=0)
+    from fvis.prototype import match_layer_names, relevance_layer_names
+
+    on = Recipe("x", relevance=0.3)
+    assert relevance_layer_names(lite0, on) == ["_blocks.15"]  # last: the last block's output, the default
+    assert relevance_layer_names(lite0, on.replace(relevance_layers="blocks")) == [f"_blocks.{i}" for i in range(16)]
+    assert relevance_layer_names(lite0, on.replace(relevance_layers="matched")) == match_layer_names(lite0, on)
     assert Recipe("x").without_effect({"relevance_layers": "matched"})
     assert not Recipe("x", relevance=0.3).without_effect({"relevance_layers": "matched"})
 
