@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .errors import FvisError
 from .hooks import Capture, capturing
 from .inline import Displayable, Panel, fmt
 from .naming import unique
@@ -99,12 +100,19 @@ def optimize(model: torch.nn.Module, objective, param: torch.nn.Module, regulari
     names = unique([r.name for r in regularizers], sep=".")
     layers = set(objective.layers).union(*(r.layers for r in regularizers))
     capture_options = {k: v for p in policies for k, v in p.capture.items()}
-    grad_filters = {k: f for r in regularizers for k, f in getattr(r, "gradient_filters", dict)().items()}
+    grad_filters = {}
+    for r in regularizers:
+        for k, f in getattr(r, "gradient_filters", dict)().items():
+            if k in grad_filters:
+                raise FvisError(f"two regularizers filter the gradient at {k!r}; give each layer one filter")
+            grad_filters[k] = f
     history: dict[str, list] = {}
     stopped = None
     start = time.perf_counter()
     uses_gradient = getattr(opt, "uses_gradient", True)
     scores_inputs = isinstance(opt, SearchOptimizer) and opt.scores_inputs  # once: a Protocol check is slow
+    if grad_filters and not uses_gradient:
+        warnings.warn(f"fvis: the optimizer uses no gradient: the gradient filters at {', '.join(grad_filters)} do nothing")
     with capturing(model, layers, grad_filters=grad_filters, **capture_options) as capture, \
             (contextlib.nullcontext() if uses_gradient else torch.no_grad()):
         with torch.no_grad():  # dry run on one transformed item (own generator: the run's draws stay as seeded)

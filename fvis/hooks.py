@@ -180,6 +180,10 @@ class Capture:
                  fold: bool = False, grad_filters: dict | None = None):
         self.model = model
         self._filters = dict(grad_filters or {})
+        for name in self._filters:
+            if name == OUTPUT or split_selector(name)[1] is not None:
+                raise FvisError(f"gradient filter on {name!r}: name a module (its own tensor output is filtered), "
+                                f"not {'the model output' if name == OUTPUT else 'an element of an output'}")
         self._names = set(layers) | set(self._filters)
         self.modules = resolve_layers(model, self._names)
         self.fold = fold and not compile

@@ -28,7 +28,7 @@ from .engine import optimize
 from .errors import FvisError
 from .evaluate import evaluate_images, path_layers
 from .execution import check_precision
-from .hooks import Capture, frozen
+from .hooks import Capture, frozen, resolve_layers
 from .inline import Displayable, Panel
 from .io import contact_sheet, load_image, save_image, versions, write_json
 from .models import ImageModel
@@ -86,9 +86,9 @@ def match_layer_names(model: ImageModel, r: Recipe) -> list[str]:
 
 
 def relevance_layer_names(model: ImageModel, r: Recipe) -> list[str]:
-    """The layers where ``r`` filters the gradient by relevance: its names, the last block's output
-    (``last``), every block's output (``blocks``: :func:`fvis.evaluate.path_layers`) or the matched layers
-    (``matched``)."""
+    """The layers where ``r`` filters the gradient by relevance: its names, the last of
+    :func:`fvis.evaluate.path_layers` (``last``: the last block's output on EfficientNet), all of them (``blocks``)
+    or the matched layers (``matched``)."""
     if not isinstance(r.relevance_layers, str):
         return list(r.relevance_layers)
     if r.relevance_layers == "matched":
@@ -212,6 +212,8 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
         raise FvisError(f"recipe {r.name!r} starts from a photo: give init='image:PATH' (--init image:PATH)")
     if per_class < 1:
         raise FvisError(f"per_class must be >= 1, got {per_class}")
+    relevance_layers = relevance_layer_names(model, r) if r.relevance else []
+    resolve_layers(model, relevance_layers)  # an unknown name: one clear error before any long work
     start = time.perf_counter()
     names = model.class_names
     idx = [resolve_class(c, names) if names else int(c) for c in classes]
@@ -243,7 +245,7 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
         matching = matching.to(device)
         regs.append(matching)
     if r.relevance:
-        regs.append(reg.RelevanceFilter(relevance_layer_names(model, r), keep=r.relevance))
+        regs.append(reg.RelevanceFilter(relevance_layers, keep=r.relevance))
     diversity = r.diversity if r.diversity is not None else (50.0 if per_class > 1 else 0.0)
     if diversity and per_class > 1:
         layer = matching.layers[-1] if matching is not None else path_layers(model)[-1]

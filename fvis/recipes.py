@@ -57,9 +57,9 @@ class Recipe:
     fixed ``match_weight``, ``class_weight`` (class-mean term with class-named reference images).
     Relevant information flow (VITAL): ``relevance`` (the share of channels whose gradient is kept at each
     relevance layer, the most relevant to the loss by gradient x activation; 0: off;
-    :class:`regularizers.RelevanceFilter`), ``relevance_layers`` (``last``: the last block's output |
-    ``blocks``: every block's output, as ``fvis evaluate``'s path layers | ``matched``: the ``match_layers``
-    | tuple of layer names).
+    :class:`regularizers.RelevanceFilter`), ``relevance_layers`` (``last``: the last of ``fvis evaluate``'s
+    path layers, the last block's output on EfficientNet | ``blocks``: all of them | ``matched``: the
+    ``match_layers`` | tuple of layer names).
     Objective: ``score`` (``logit`` | ``log_prob``: log-softmax | ``log_odds``: the logit minus the
     log-sum-exp of the other logits; :func:`objectives.class_logits`), ``diversity`` (within-class
     diversity weight when several per class; ``None``: 50 then, else 0).
@@ -149,7 +149,7 @@ class Recipe:
             bad("relevance", self.relevance, "a share of channels in [0, 1] (0: off)")
         if isinstance(self.relevance_layers, str) and self.relevance_layers not in RELEVANCE_LAYERS:
             bad("relevance_layers", self.relevance_layers, " | ".join(RELEVANCE_LAYERS) + " | a list of layer names")
-        if isinstance(self.relevance_layers, tuple) and not self.relevance_layers:
+        if not isinstance(self.relevance_layers, str) and not len(self.relevance_layers):
             bad("relevance_layers", self.relevance_layers, "at least one layer name")
         for source in (self.match, self.init):
             path = source.split(":", 1)[1] if source.startswith(("images:", "image:")) else None

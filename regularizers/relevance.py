@@ -28,13 +28,15 @@ def channel_relevance(activation: torch.Tensor, grad: torch.Tensor) -> torch.Ten
 
 def relevant_channels(relevance: torch.Tensor, keep: float) -> torch.Tensor:
     """``(N, C)`` relevance -> ``(N, C)`` 0/1 mask of each row's ``ceil(keep * C)`` most relevant channels."""
-    k = max(1, math.ceil(keep * relevance.shape[1]))
+    k = max(1, math.ceil(keep * relevance.shape[1] - 1e-9))  # 0.07 of 100: 7, not 8
     return torch.zeros_like(relevance).scatter_(1, relevance.topk(k, dim=1).indices, 1.0)
 
 
 class RelevanceFilter(Regularizer):
-    """Keep the gradient of the ``keep`` share of most relevant channels at ``layers`` (``(N, C, H, W)``
-    or ``(N, C)`` outputs); no penalty. ``keep=1``: the gradient unchanged.
+    """Keep the gradient of the ``keep`` share of most relevant channels at ``layers`` (modules whose output is
+    one ``(N, C, H, W)`` or ``(N, C)`` tensor; channels-last maps such as Swin's ``(N, H, W, C)`` are not told
+    apart); no penalty. ``keep=1``: the gradient unchanged. At a layer that a matching penalty also reads, the
+    penalty's gradient there is filtered too (it is part of the loss).
 
     >>> reg.RelevanceFilter(["_blocks.10", "_blocks.13"], keep=0.25)
     """
@@ -59,7 +61,10 @@ class RelevanceFilter(Regularizer):
 
     def check(self, acts) -> None:
         for name in self.layers:
-            a = acts[name]
+            a = acts._raw(name)  # the module's own output: the filter acts on it only when it is one tensor
+            if not isinstance(a, torch.Tensor):
+                raise FvisError(f"relevance: layer {name!r} returns {type(a).__name__}, not a tensor; name a module "
+                                f"whose output is one (N, C, H, W) or (N, C) tensor")
             if a.dim() not in (2, 4):
                 raise FvisError(f"relevance: layer {name!r} gives {tuple(a.shape)}; channels are read from "
                                 f"(N, C, H, W) or (N, C) outputs")

@@ -64,6 +64,90 @@ def test_the_filter_is_autograd_through_the_relevant_channels_only(lite0):
                        plain)
 
 
+class _Toy(torch.nn.Module):
+    """A hooked conv followed by an in-place ReLU, and one module called twice in a forward."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.act = torch.nn.ReLU(inplace=True)
+        self.shared = torch.nn.Conv2d(8, 8, 1)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.act(self.conv(x))  # in place, right after the hooked output
+        h = self.shared(torch.relu(self.shared(h)))  # two calls: a filter per call, each with its own activation
+        return self.head(h.mean((2, 3)))
+
+
+def _toy_grad(model, x, grad_filters=None, masks=None, outputs=None, at="shared"):
+    """The input's gradient; ``masks``: {call: mask} holds the other channels of that call of ``at`` constant
+    (plain autograd, the reference); ``outputs``: gets each call's output, its gradient retained."""
+    x = x.clone().requires_grad_(True)
+    calls = []
+
+    def hook(module, inputs, output):
+        calls.append(output)
+        k = (masks or {}).get(len(calls) - 1)
+        if outputs is not None:
+            output.retain_grad()
+            outputs.append(output)
+        return None if k is None else output * k + (output * (1 - k)).detach()
+
+    handle = getattr(model, at).register_forward_hook(hook)
+    try:
+        with capturing(model, ["output"], grad_filters=grad_filters) as cap:
+            (-obj.class_logits([1, 2])(cap.forward(x)).sum()).backward()
+    finally:
+        handle.remove()
+    return x.grad
+
+
+def _mask(output):
+    return reg.relevant_channels(reg.channel_relevance(output.detach(), output.grad), 0.5)[:, :, None, None]
+
+
+def test_the_filter_holds_after_in_place_ops_and_on_every_call_of_a_module():
+    model, x = _Toy(), torch.rand(2, 3, 12, 12)
+    filtered = _toy_grad(model, x, reg.RelevanceFilter(["shared"], 0.5).gradient_filters())
+    # the reference by plain autograd: the later call's mask from the plain gradient, then the earlier call's
+    # from the gradient that reaches it through the masked later call, then both masks held in the forward
+    out = []
+    plain = _toy_grad(model, x, outputs=out)
+    later = _mask(out[1])
+    out = []
+    _toy_grad(model, x, masks={1: later}, outputs=out)
+    earlier = _mask(out[0])
+    assert not torch.equal(earlier, later)
+    assert torch.allclose(filtered, _toy_grad(model, x, masks={0: earlier, 1: later}), rtol=1e-5, atol=1e-9)
+    assert not torch.allclose(filtered, plain, rtol=1e-2, atol=1e-9)
+    # an in-place ReLU right after the filtered conv: the filter sees the conv's own output, as the same model
+    # without the in-place op does by plain autograd
+    filtered = _toy_grad(model, x, reg.RelevanceFilter(["conv"], 0.5).gradient_filters())
+    copy = _Toy()
+    copy.load_state_dict(model.state_dict())
+    copy.act.inplace = False
+    out = []
+    _toy_grad(copy, x, outputs=out, at="conv")
+    reference = _toy_grad(copy, x, masks={0: _mask(out[0])}, at="conv")
+    assert torch.allclose(filtered, reference, rtol=1e-5, atol=1e-9)
+    assert not torch.allclose(filtered, plain, rtol=1e-2, atol=1e-9)
+
+
+def test_filters_name_modules_once_and_clearly():
+    model = _Toy()
+    for bad in ("output", "conv[0]"):
+        with pytest.raises(FvisError, match="gradient filter on"):
+            with capturing(model, ["output"], grad_filters={bad: lambda a, g: g}):
+                pass
+    two = [reg.RelevanceFilter(["conv"], 0.5), reg.RelevanceFilter(["conv"], 0.25)]
+    with pytest.raises(FvisError, match="two regularizers filter the gradient at 'conv'"):
+        optimize(model, obj.class_logits([1]), PixelImage(12, batch=1), two, steps=1, progress=False)
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    assert reg.relevant_channels(torch.arange(100.0)[None], 0.07).sum() == 7  # a share, not one more
+
+
 def test_the_filter_leaves_the_model_as_found_also_on_errors(lite0):
     def hooks():
         return sum(len(m._forward_hooks) + len(m._backward_hooks) for m in lite0.modules())
@@ -72,7 +156,8 @@ def test_the_filter_leaves_the_model_as_found_also_on_errors(lite0):
     param = PixelImage(64, batch=1)
     result = optimize(lite0, obj.class_logits([94]), param, [reg.RelevanceFilter([LAYER, "_blocks.14"], 0.5)],
                       steps=3, progress=False)
-    assert result.steps == 3 and hooks() == before
+    assert result.steps == 3 and hooks() == before and lite0.training is False
+    assert [p.requires_grad for p in lite0.parameters()] == flags
 
     class Broken(reg.RelevanceFilter):
         def filter(self, activation, grad):

@@ -60,8 +60,9 @@ def add_arguments(parser) -> None:
                         "channels at each relevance layer, the most relevant to the loss by gradient x activation "
                         f"(VITAL's relevant information flow; 0: off; {recipe_values('relevance')})")
     parser.add_argument("--relevance-layers", metavar="last|blocks|matched|L,L", help="where --relevance filters: the "
-                        "last block's output (last, the default), every block's output (blocks: measured, the class "
-                        "does not rise), the --match-layers (matched) or named layers")
+                        "last block's output (last, the default; on a model without EfficientNet blocks the last of "
+                        "fvis evaluate's path layers), every block's output (blocks: measured on Lite0, the class does "
+                        "not rise), the --match-layers (matched) or named layers")
     parser.add_argument("--param", choices=PARAMS, help="input parameterization")
     parser.add_argument("--decay-power", type=float, metavar="D", help="Fourier spectrum scale 1/f^D of the image and "
                         f"of a transparent image's opacity ({recipe_values('decay_power')}, Lucid's; higher: coarse structure "
