@@ -239,7 +239,8 @@ def test_capture_options_set_layout_and_truncation(monkeypatch):
     monkeypatch.setattr(Capture, "__init__", lambda self, *a, **k: (seen.append(k), init(self, *a, **k))[1])
     fvis.optimize(_toy(), obj.channel("0", 1), fvis.PixelImage(16), steps=1, progress=False,
                   policies=[CaptureOptions(channels_last=False, truncate=False)])
-    assert seen == [{"channels_last": False, "truncate": False, "precision": "fp32", "compile": False, "fold": False}]
+    assert seen == [{"channels_last": False, "truncate": False, "precision": "fp32", "compile": False, "fold": False,
+                     "grad_filters": {}}]  # no regularizer filters a gradient here
 
 
 def test_skip_final_values():
