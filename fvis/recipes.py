@@ -21,6 +21,7 @@ from .params.transparent import BACKDROPS
 
 PARAMS = ("fourier", "maco", "pixel")
 LR_SCHEDULES = ("constant", "cosine")
+MATCH_LAYERS = ("per-block", "all")
 RELEVANCE_LAYERS = ("last", "blocks", "matched")
 SOURCES = ("bn", "images:DIR", "seed", "none")
 RENAMED = {"log_prob": "use score='log_prob' (score: logit | log_prob | log_odds)"}  # old settings files say why they fail
@@ -143,8 +144,10 @@ class Recipe:
             bad("scale_range", lo_hi, "two scale factors 0 < lo <= hi")
         if not 0 <= self.flip <= 1:
             bad("flip", self.flip, "a probability in [0, 1]")
-        if isinstance(self.match_layers, str) and self.match_layers not in ("per-block", "all"):
-            bad("match_layers", self.match_layers, "per-block | all | a list of layer names")
+        if isinstance(self.match_layers, str) and self.match_layers not in MATCH_LAYERS:
+            bad("match_layers", self.match_layers, " | ".join(MATCH_LAYERS) + " | a list of layer names")
+        if not isinstance(self.match_layers, str) and not len(self.match_layers):
+            bad("match_layers", self.match_layers, "at least one layer name")
         if not 0 <= self.relevance <= 1:
             bad("relevance", self.relevance, "a share of channels in [0, 1] (0: off)")
         if isinstance(self.relevance_layers, str) and self.relevance_layers not in RELEVANCE_LAYERS:

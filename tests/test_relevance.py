@@ -172,7 +172,8 @@ def test_the_filter_leaves_the_model_as_found_also_on_errors(lite0):
 def test_relevance_settings_are_checked_and_reach_the_prototype(lite0):
     for bad, message in [({"relevance": 1.5}, "relevance must be a share"),
                          ({"relevance_layers": "every"}, "relevance_layers must be last | blocks | matched"),
-                         ({"relevance_layers": ()}, "at least one layer")]:
+                         ({"relevance_layers": ()}, "at least one layer"),
+                         ({"match_layers": ()}, "match_layers must be at least one layer")]:
         with pytest.raises(FvisError, match=message):
             Recipe("x").replace(**bad)
     with pytest.raises(FvisError, match="keep must be a share"):

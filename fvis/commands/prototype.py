@@ -11,7 +11,8 @@ from ..files import check_writable, list_images
 from ..models import load
 from ..params.transparent import BACKDROPS
 from ..prototype import make_prototypes, save_prototypes
-from ..recipes import DEFAULT as DEFAULT_RECIPE, LR_SCHEDULES, PARAMS, RECIPES, RELEVANCE_LAYERS, SCORES, get_recipe
+from ..recipes import (DEFAULT as DEFAULT_RECIPE, LR_SCHEDULES, MATCH_LAYERS, PARAMS, RECIPES, RELEVANCE_LAYERS, SCORES,
+                       get_recipe)
 from ._args import (MODEL_HELP, add_execution_args, add_model_args, add_run_args, load_model, nonnegative_int,
                     positive_int, size)
 
@@ -55,7 +56,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--match-stat", choices=["moments", "sorted"], help="match mean/std or whole sorted distributions")
     parser.add_argument("--match-over", choices=["item", "batch"], help="statistics of each image or of the whole batch")
     parser.add_argument("--match-ratio", type=float, help="matching gradient norm / objective's at the start")
-    parser.add_argument("--match-layers", help="per-block | all | LAYER,LAYER,...")
+    parser.add_argument("--match-layers", help=f"{' | '.join(MATCH_LAYERS)} | LAYER,LAYER,...")
     parser.add_argument("--relevance", type=float, metavar="SHARE", help="keep the gradient of only this share of "
                         "channels at each relevance layer, the most relevant to the loss by gradient x activation "
                         f"(VITAL's relevant information flow; 0: off; {recipe_values('relevance')})")
@@ -107,11 +108,11 @@ def run(args) -> None:
 
 
 def _run(args) -> None:
-    layers, relevance_layers = args.match_layers, args.relevance_layers
-    if layers is not None and layers not in ("per-block", "all"):
-        layers = layers.split(",")
-    if relevance_layers is not None and relevance_layers not in RELEVANCE_LAYERS:
-        relevance_layers = tuple(n.strip() for n in relevance_layers.split(",") if n.strip())
+    def layer_names(text: str | None, keywords) -> str | tuple | None:  # a keyword, or LAYER,LAYER,...
+        return text if text is None or text in keywords else tuple(n.strip() for n in text.split(",") if n.strip())
+
+    layers = layer_names(args.match_layers, MATCH_LAYERS)
+    relevance_layers = layer_names(args.relevance_layers, RELEVANCE_LAYERS)
     recipe = get_recipe(args.recipe or DEFAULT_RECIPE).replace(  # every check of the settings, before any work
         steps=args.steps, match=args.match, match_stat=args.match_stat, match_over=args.match_over,
         match_ratio=args.match_ratio, match_layers=layers, relevance=args.relevance,
