@@ -246,8 +246,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # (decay_power 1.25: coarse structure grows faster than fine) met its own rule on 20 more fresh classes
     # (25 vs 21 of 40 names; all three photo statistics in range for 15 images of 20 against 7; held-out
     # transfer 0.959, unseen-family 0.778 against 0.907; 8 in 10 not shown: 6.3 there) (results/prototype/cosine/README.md).
-    # Over the four fresh sets it has met since: 109 of 160 names (6.8 in 10), Lucent's recipe 34 of 80 on the last
-    # two (results/prototype/default_7722/README.md).
+    # Over the five fresh sets it has met since: 140 of 200 names (7.0 in 10); Lucent's recipe 34 of 80 against its
+    # 54 on two of them (results/prototype/default_7722/, grey_backdrop/).
     _LOG_ODDS.replace(name="cosine", lr_schedule="cosine", alpha=7.5, decay_power=1.25),
     # feature accentuation (Hamblin et al. 2023): start from a photo, stay on its activation path
     Recipe("accentuate", init="image:", match="seed", match_stat="sorted", steps=256),
