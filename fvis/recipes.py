@@ -144,16 +144,14 @@ class Recipe:
             bad("scale_range", lo_hi, "two scale factors 0 < lo <= hi")
         if not 0 <= self.flip <= 1:
             bad("flip", self.flip, "a probability in [0, 1]")
-        if isinstance(self.match_layers, str) and self.match_layers not in MATCH_LAYERS:
-            bad("match_layers", self.match_layers, " | ".join(MATCH_LAYERS) + " | a list of layer names")
-        if not isinstance(self.match_layers, str) and not len(self.match_layers):
-            bad("match_layers", self.match_layers, "at least one layer name")
+        for field, keywords in (("match_layers", MATCH_LAYERS), ("relevance_layers", RELEVANCE_LAYERS)):
+            value = getattr(self, field)  # a keyword, or layer names (at least one)
+            if isinstance(value, str) and value not in keywords:
+                bad(field, value, " | ".join(keywords) + " | a list of layer names")
+            if not isinstance(value, str) and not len(value):
+                bad(field, value, "at least one layer name")
         if not 0 <= self.relevance <= 1:
             bad("relevance", self.relevance, "a share of channels in [0, 1] (0: off)")
-        if isinstance(self.relevance_layers, str) and self.relevance_layers not in RELEVANCE_LAYERS:
-            bad("relevance_layers", self.relevance_layers, " | ".join(RELEVANCE_LAYERS) + " | a list of layer names")
-        if not isinstance(self.relevance_layers, str) and not len(self.relevance_layers):
-            bad("relevance_layers", self.relevance_layers, "at least one layer name")
         for source in (self.match, self.init):
             path = source.split(":", 1)[1] if source.startswith(("images:", "image:")) else None
             if path is not None and not Path(path).exists():
