@@ -22,6 +22,8 @@ from .params.transparent import BACKDROPS
 PARAMS = ("fourier", "maco", "pixel")
 LR_SCHEDULES = ("constant", "cosine")
 MATCH_LAYERS = ("per-block", "all")
+MATCH_STATS = ("moments", "sorted")
+MATCH_OVER = ("item", "batch")
 RELEVANCE_LAYERS = ("last", "blocks", "matched")
 SOURCES = ("bn", "images:DIR", "seed", "none")
 RENAMED = {"log_prob": "use score='log_prob' (score: logit | log_prob | log_odds)"}  # old settings files say why they fail
@@ -121,10 +123,10 @@ class Recipe:
             bad("match", self.match, "used with init image:PATH (its own activations)")
         if self.score not in SCORES:
             bad("score", self.score, " | ".join(SCORES))
-        if self.match_stat not in ("moments", "sorted"):
-            bad("match_stat", self.match_stat, "moments | sorted")
-        if self.match_over not in ("item", "batch"):
-            bad("match_over", self.match_over, "item | batch")
+        if self.match_stat not in MATCH_STATS:
+            bad("match_stat", self.match_stat, " | ".join(MATCH_STATS))
+        if self.match_over not in MATCH_OVER:
+            bad("match_over", self.match_over, " | ".join(MATCH_OVER))
         if self.lr_schedule not in LR_SCHEDULES:
             bad("lr_schedule", self.lr_schedule, " | ".join(LR_SCHEDULES))
         if not 0 <= self.coarse < 1:

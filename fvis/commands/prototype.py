@@ -11,8 +11,8 @@ from ..files import check_writable, list_images
 from ..models import load
 from ..params.transparent import BACKDROPS
 from ..prototype import make_prototypes, save_prototypes
-from ..recipes import (DEFAULT as DEFAULT_RECIPE, LR_SCHEDULES, MATCH_LAYERS, PARAMS, RECIPES, RELEVANCE_LAYERS, SCORES,
-                       get_recipe)
+from ..recipes import (DEFAULT as DEFAULT_RECIPE, LR_SCHEDULES, MATCH_LAYERS, MATCH_OVER, MATCH_STATS, PARAMS, RECIPES,
+                       RELEVANCE_LAYERS, SCORES, get_recipe)
 from ._args import (MODEL_HELP, add_execution_args, add_model_args, add_run_args, load_model, nonnegative_int,
                     positive_int, size)
 
@@ -53,8 +53,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--per-class", type=positive_int, default=1, metavar="K", help="prototypes per class (diverse)")
     parser.add_argument("--steps", type=positive_int, help=f"optimization steps ({recipe_values('steps')})")
     parser.add_argument("--match", metavar="bn|images:DIR|seed|none", help="natural-activation source")
-    parser.add_argument("--match-stat", choices=["moments", "sorted"], help="match mean/std or whole sorted distributions")
-    parser.add_argument("--match-over", choices=["item", "batch"], help="statistics of each image or of the whole batch")
+    parser.add_argument("--match-stat", choices=MATCH_STATS, help="match mean/std or whole sorted distributions")
+    parser.add_argument("--match-over", choices=MATCH_OVER, help="statistics of each image or of the whole batch")
     parser.add_argument("--match-ratio", type=float, help="matching gradient norm / objective's at the start")
     parser.add_argument("--match-layers", help=f"{' | '.join(MATCH_LAYERS)} | LAYER,LAYER,...")
     parser.add_argument("--relevance", type=float, metavar="SHARE", help="keep the gradient of only this share of "
