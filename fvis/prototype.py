@@ -236,6 +236,8 @@ def make_prototypes(model: ImageModel, classes: Sequence[int | str], *, recipe: 
             if r.transforms else [])
     if r.blur:
         regs.append(reg.RandomBlur((min(0.1, r.blur), r.blur)))
+    if r.colour_shift:
+        regs.append(reg.ColourShift(r.colour_shift))
     if r.tv or r.high_freq or r.hf_energy:
         regs.append(reg.FrequencyPenalty(tv=r.tv, high_freq=r.high_freq, hf_energy=r.hf_energy))
     if r.l2:

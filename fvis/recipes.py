@@ -46,7 +46,9 @@ class Recipe:
     Transforms: ``transforms`` (Lucid's pad/jitter/scale/rotate), ``flip`` (mirror probability),
     their strength ``jitter`` (px, first shift), ``scale_range`` (``(lo, hi)``, sampled in steps of
     0.02) and ``degrees`` (rotation within ``±degrees``); ``blur`` (after them, a Gaussian blur of
-    sigma drawn per item in ``[0.1, blur]`` px; 0: none).
+    sigma drawn per item in ``[0.1, blur]`` px; 0: none); ``colour_shift`` (after them, each channel scaled by
+    ``exp(U(-s, s))`` about mid-grey and shifted by ``U(-s, s)``, per item: Plug-In Inversion's ColorShift;
+    0: none; :class:`regularizers.ColourShift`).
     Priors: ``tv`` (total variation), ``l2`` (mean squared distance from grey), ``high_freq``
     (the *share* of high-frequency energy, HFER), ``hf_energy`` (the absolute energy of the detail
     finer than a 1 px Gaussian: cannot be lowered by adding a blob).
@@ -86,6 +88,7 @@ class Recipe:
     scale_range: tuple = (0.9, 1.1)
     degrees: float = 10.0
     blur: float = 0.0
+    colour_shift: float = 0.0
     tv: float = 0.0
     l2: float = 0.0
     high_freq: float = 0.0

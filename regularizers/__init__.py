@@ -10,9 +10,10 @@ from .matching import ActivationMatching, batchnorm_layers, batchnorm_stats
 from .snap import Snap, nearest
 from .penalties import L1, L2, FrequencyPenalty, LpPenalty, high_frequency_energy, high_pass_power, luminance
 from .blur import RandomBlur, gaussian_blur
+from .colour import ColourShift
 from .relevance import RelevanceFilter, channel_relevance, relevant_channels
 from .transforms import DEFAULT_SCALES, TransformRobustness
 
-__all__ = ["Regularizer", "ActivationMatching", "SortedMatching", "gaussian_quantiles", "quantile_levels", "batchnorm_layers", "batchnorm_stats", "Snap", "nearest", "L1", "L2", "LpPenalty", "FrequencyPenalty", "high_frequency_energy", "high_pass_power", "luminance", "RandomBlur", "gaussian_blur",
+__all__ = ["Regularizer", "ActivationMatching", "SortedMatching", "gaussian_quantiles", "quantile_levels", "batchnorm_layers", "batchnorm_stats", "Snap", "nearest", "L1", "L2", "LpPenalty", "FrequencyPenalty", "high_frequency_energy", "high_pass_power", "luminance", "RandomBlur", "gaussian_blur", "ColourShift",
            "TransformRobustness", "DEFAULT_SCALES", "MaskArea", "MaskSmoothness",
            "RelevanceFilter", "channel_relevance", "relevant_channels"]

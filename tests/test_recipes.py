@@ -119,6 +119,24 @@ def test_random_blur_is_kornias_blur_per_item_and_seeded():
         reg.RandomBlur((0.0, 1.0))
 
 
+def test_colour_shift_scales_and_shifts_each_items_channels_within_its_range_seeded():
+    x = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    shift = reg.ColourShift(0.3)
+    a, b = (shift.transform(x, torch.Generator().manual_seed(5)) for _ in range(2))
+    assert torch.equal(a, b) and a.shape == x.shape
+    # per item and channel an affine map about mid-grey: (x - 0.5) * scale + 0.5 + offset, read back by least squares
+    xc, ac = x.flatten(2) - 0.5, a.flatten(2) - 0.5
+    dx, da = xc - xc.mean(-1, keepdim=True), ac - ac.mean(-1, keepdim=True)
+    scale = (dx * da).sum(-1) / (dx * dx).sum(-1)
+    offset = ac.mean(-1) - scale * xc.mean(-1)
+    assert torch.allclose(a, (x - 0.5) * scale[..., None, None] + 0.5 + offset[..., None, None], atol=1e-5)
+    assert scale.log().abs().max() <= 0.3 + 1e-5 and offset.abs().max() <= 0.3 + 1e-5
+    assert scale.log().abs().max() > 0.25 and offset.abs().max() > 0.25  # the whole range is drawn
+    assert (scale[:, 0] - scale[:, 1]).abs().max() > 0.05  # channels shifted independently: colour, not brightness
+    with pytest.raises(ValueError, match="shift"):
+        reg.ColourShift(0.0)
+
+
 def test_high_pass_power_is_not_lowered_by_a_blob_unlike_the_hfer_share():
     texture = 0.5 + 0.1 * torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
@@ -157,7 +175,7 @@ def test_recipe_settings_are_checked_once_with_clear_errors(tmp_path):
                          ({"scale_range": (1.2, 0.8)}, "scale_range"), ({"scale_range": (0.0, 1.0)}, "scale_range"),
                          ({"jitter": -1}, "jitter"), ({"degrees": -5.0}, "degrees"),
                          ({"degrees": float("nan")}, "degrees"), ({"scale_range": (0.5, float("inf"))}, "scale_range"),
-                         ({"blur": -1.0}, "blur"), ({"hf_energy": float("inf")}, "hf_energy"),
+                         ({"blur": -1.0}, "blur"), ({"colour_shift": -0.1}, "colour_shift"), ({"hf_energy": float("inf")}, "hf_energy"),
                          ({"score": "log-odds"}, "score must be logit | log_prob | log_odds")]:
         with pytest.raises(FvisError, match=message):
             Recipe("x").replace(**bad)
@@ -228,11 +246,12 @@ def test_naturalness_puts_photos_inside_their_ranges_and_a_plain_render_outside(
         assert n["natural_in_range"] < n["natural_total"], n
 
 
-def test_blur_setting_reaches_the_optimization(lite0):
+def test_blur_and_colour_shift_settings_reach_the_optimization(lite0):
     run = lambda **kw: make_prototypes(lite0, [94], recipe="robust", steps=3, size=64, heldout=0,  # noqa: E731
                                        progress=False, **kw)[0].image
-    plain, again, blurred = run(), run(), run(blur=1.0)
+    plain, again, blurred, shifted = run(), run(), run(blur=1.0), run(colour_shift=0.2)
     assert torch.equal(plain, again) and not torch.allclose(plain, blurred, atol=1e-4)
+    assert not torch.allclose(plain, shifted, atol=1e-4)
 
 
 def _transparent(backdrop="grey", seed=0, share=0.0, batch=2):

@@ -84,6 +84,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scale-range", type=scale_range, metavar="LO,HI", help=f"transforms' scale factors ({recipe_values('scale_range')})")
     parser.add_argument("--degrees", type=float, help=f"transforms' rotation within +-degrees ({recipe_values('degrees')})")
     parser.add_argument("--blur", type=float, help=f"random Gaussian blur after the transforms: largest sigma in px (0: none; {recipe_values('blur')})")
+    parser.add_argument("--colour-shift", type=float, metavar="S", help="random colour shift after the transforms: each "
+                        "channel scaled by exp(U(-S,S)) about mid-grey and shifted by U(-S,S), per item (Plug-In "
+                        f"Inversion's ColorShift; 0: none; {recipe_values('colour_shift')})")
     parser.add_argument("--high-freq", type=float, help=f"weight of the high-frequency share (HFER) penalty ({recipe_values('high_freq')})")
     parser.add_argument("--hf-energy", type=float, help=f"weight of the absolute high-frequency energy penalty ({recipe_values('hf_energy')})")
     parser.add_argument("--tv", type=float, help=f"weight of the total-variation penalty ({recipe_values('tv')})")
@@ -118,7 +121,7 @@ def _run(args) -> None:
         match_ratio=args.match_ratio, match_layers=layers, relevance=args.relevance,
         relevance_layers=relevance_layers, param=args.param, decay_power=args.decay_power, init=args.init, alpha=args.alpha, backdrop=args.backdrop,
         backdrop_share=args.backdrop_share, centre=args.centre, coarse=args.coarse,
-        flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, lr_schedule=args.lr_schedule, score=args.score, diversity=args.diversity)
+        flip=args.flip, jitter=args.jitter, scale_range=args.scale_range, degrees=args.degrees, blur=args.blur, colour_shift=args.colour_shift, high_freq=args.high_freq, hf_energy=args.hf_energy, tv=args.tv, l2=args.l2, lr=args.lr, lr_schedule=args.lr_schedule, score=args.score, diversity=args.diversity)
     recipe.warn_without_effect(vars(args), flags=True)  # a flag the recipe ignores: one warning line
     if recipe.match.startswith("images:"):
         list_images(recipe.match.split(":", 1)[1])  # the folder exists and holds images
