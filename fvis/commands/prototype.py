@@ -30,7 +30,7 @@ HELP = "class prototypes by a named recipe (+ metrics, naturalness, contact shee
 
 def recipe_values(field: str) -> str:
     """Each recipe's value of ``field`` for a help text, recipes with one value named together, the largest
-    group last as "others" (``"cosine: 1.25; others: 1"``): written from :data:`RECIPES`, never by hand."""
+    group last as "others" (``"cosine: 1.25; others: 1"``; words quoted: ``"... cosine: 'cosine'"``): written from :data:`RECIPES`, never by hand."""
     groups: dict = {}
     for name, recipe in RECIPES.items():
         groups.setdefault(getattr(recipe, field), []).append(name)
@@ -38,6 +38,8 @@ def recipe_values(field: str) -> str:
     def shown(value) -> str:
         if isinstance(value, tuple):
             return ",".join(shown(v) for v in value)
+        if isinstance(value, str):  # quoted: "deepinversion, cosine: 'cosine'" names a recipe, then a value
+            return repr(value)
         return f"{value:g}" if isinstance(value, float) else str(value)
 
     ordered = sorted(groups.items(), key=lambda kv: len(kv[1]))
