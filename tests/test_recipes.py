@@ -187,11 +187,12 @@ def test_recipe_settings_are_checked_once_with_clear_errors(tmp_path):
     assert len(wide.scales()) == 21 and wide.settings()["scale_range"] == [0.8, 1.2]
 
 
-def test_the_default_is_log_odds_with_a_falling_learning_rate_a_lighter_opacity_penalty_and_a_steeper_spectrum():
-    """Pinned: the recipe the blind test chose (results/prototype/cosine/), not a drifting copy of it."""
+def test_the_default_is_cosine_with_a_colour_shift():
+    """Pinned: the recipe the blind test chose (results/prototype/colour_shift/), not a drifting copy of it."""
     from fvis.recipes import DEFAULT
 
-    assert DEFAULT == "cosine"
+    assert DEFAULT == "colour-shift"
+    assert RECIPES["colour-shift"] == RECIPES["cosine"].replace(name="colour-shift", colour_shift=0.3)
     assert RECIPES["cosine"] == RECIPES["log-odds"].replace(name="cosine", lr_schedule="cosine", alpha=7.5,
                                                             decay_power=1.25)
     assert RECIPES["log-odds"] == RECIPES["transparent"].replace(name="log-odds", score="log_odds", alpha=15.0)

@@ -213,9 +213,9 @@ def test_help_texts_give_each_recipes_own_values_from_the_recipes_themselves(mon
     from fvis.commands import prototype as command
     from fvis.recipes import RECIPES
 
-    assert command.recipe_values("decay_power") == "cosine: 1.25; others: 1"
+    assert command.recipe_values("decay_power") == "cosine, colour-shift: 1.25; others: 1"
     assert command.recipe_values("relevance") == "every recipe: 0"
-    assert command.recipe_values("lr_schedule") == "deepinversion, cosine: 'cosine'; others: 'constant'"  # value, not recipe
+    assert command.recipe_values("lr_schedule") == "deepinversion, cosine, colour-shift: 'cosine'; others: 'constant'"  # value, not recipe
     groups = dict(part.rsplit(": ", 1)[::-1] for part in command.recipe_values("jitter").split("; "))
     assert groups == {"8": "lucent, bn-item, deepinversion, vital, accentuate", "16": "others"}
     # a new recipe shows up in the help without anyone editing it
