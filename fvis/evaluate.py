@@ -4,7 +4,7 @@ For an image ``x`` made for class ``c`` by model A: ``clean_p`` = p_A(c | x); ``
 fraction of held-out random transforms (:func:`fvis.metrics.heldout_transforms`) under which A
 still predicts c; ``transfer`` = top-1 accuracy of independent evaluator models on x
 (``transfer_heldout``: under the held-out transforms; ``transfer_unseen``: under a family of colour,
-resolution, JPEG and noise transforms apart from the recipes' geometric ones (the ``colour-shift`` recipe
+resolution, JPEG and noise transforms apart from the recipes' training transforms (the ``colour-shift`` recipe
 trains on colour shifts), :func:`fvis.metrics.unseen_transforms`); ``hfer`` =
 share of luminance spectral energy above 0.25 cycles/pixel; ``path_similarity`` (with a folder of
 natural reference images; Geirhos et al. 2023) = Spearman correlation of x's per-layer pooled

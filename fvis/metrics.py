@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from regularizers import gaussian_blur
 
 HELDOUT = {"jitter": 16, "scale": (0.8, 1.2), "degrees": 15.0, "flip": 0.5, "blur_sigma": (0.1, 1.0)}
-# a family apart from the geometric transforms the recipes train on: colour, resolution, compression and sensor
-# noise (the `colour-shift` recipe, the default, trains on per-channel colour shifts: its colour part overlaps)
+# a family apart from the transforms the recipes train on (geometric, blur): colour, resolution, compression and
+# sensor noise (the `colour-shift` recipe, the default, trains on per-channel colour shifts: its colour part overlaps)
 UNSEEN = {"brightness": 0.15, "contrast": (0.7, 1.3), "saturation": (0.6, 1.4), "resolution": (0.4, 0.7),
           "jpeg": (30.0, 70.0), "noise": 0.03}
 
@@ -41,7 +41,7 @@ def heldout_transforms(images: torch.Tensor, n: int = 32, seed: int = 0) -> torc
 
 
 def unseen_transforms(images: torch.Tensor, n: int = 32, seed: int = 0) -> torch.Tensor:
-    """``n`` seeded random transforms per image from a family apart from the recipes' geometric ones (kornia;
+    """``n`` seeded random transforms per image from a family apart from the recipes' training transforms (kornia;
     the ``colour-shift`` recipe trains on per-channel colour shifts, which overlap the colour part):
     brightness ±0.15, contrast x0.7–1.3, saturation x0.6–1.4, the side shrunk to 40–70 % and
     enlarged back (antialiased), JPEG quality 30–70, Gaussian noise of sigma up to 0.03.

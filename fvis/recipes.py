@@ -256,7 +256,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # The default: `cosine` with a random colour shift after the transforms (each item's channels scaled by
     # exp(U(-0.3, 0.3)) about mid-grey and offset by U(-0.3, 0.3): Plug-In Inversion's ColorShift), so the class
     # cannot rest on one exact hue or level. On 40 fresh classes it met the rule fixed beforehand against `cosine`
-    # (61 vs 57 of 80 names; per class 10 better, 7 worse: p 0.63; held-out transfer 0.939; all three photo
+    # (61 vs 57 of 80 names; per class 10 better, 7 worse: p 0.63; held-out transfer 0.938; all three photo
     # statistics in range for 32 images of 40 against 27); on a third fresh set 36 vs 29 of 40, so 97 of 120 names
     # over the 60 fresh classes it has met, 8.1 in 10 (results/prototype/colour_shift/README.md).
     _COSINE.replace(name="colour-shift", colour_shift=0.3),

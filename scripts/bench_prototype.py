@@ -2,7 +2,8 @@
 judging, on 20 classes that no recipe was tuned on, at equal wall time per prototype.
 
 Per recipe: clean p, robustness, transfer, transfer under the held-out transforms and under a
-family no recipe trains on (colour, resolution, JPEG, noise), HFER, the
+family apart from the training transforms (colour, resolution, JPEG, noise; the default
+`colour-shift` trains on colour shifts, which overlap its colour part), HFER, the
 naturalness statistics (share of images inside the offline photos' range), seconds per prototype,
 one labelled contact sheet, and a blind-test folder (unlabelled images in shuffled order, 30
 candidate names per image; the answer key is kept apart). Writes results/prototype/.

@@ -164,7 +164,7 @@ def test_prototype_cli_writes_images_json_index_and_sheet(tmp_path, capsys):
     (["--classes", "94", "--match", "pixels"], "match must be bn | images:DIR | seed | none"),
     (["--classes", "94", "--recipe", "vitall"], "Did you mean: vital"),
     (["--classes", "94", "--recipe", "robust-blur", "--init", "image:/no/such.png"], "path not found"),
-    (["--classes", "94", "--init", "image:/no/such.png"], "alpha must be 0 with maco"),  # the default (cosine) is transparent too
+    (["--classes", "94", "--init", "image:/no/such.png"], "alpha must be 0 with maco"),  # the default (colour-shift) is transparent too
     (["--classes", "94", "--match", "images:/no/such/dir"], "images path not found"),
     (["--classes", "94", "--match", "bn", "--match-layers", "_blocks.3"], "not BatchNorm layers"),
     (["--classes", "94", "--scale-range", "1.2,0.8"], "scale_range must be two scale factors 0 < lo <= hi"),
@@ -172,6 +172,7 @@ def test_prototype_cli_writes_images_json_index_and_sheet(tmp_path, capsys):
     (["--classes", "94", "--alpha", "5", "--backdrop-share", "1.5"], "backdrop_share must be a share of the grounds in [0, 1]"),
     (["--classes", "94", "--decay-power", "-1"], "decay_power must be a finite number >= 0"),
     (["--classes", "94", "--centre", "-1"], "centre must be a finite number >= 0"),
+    (["--classes", "94", "--colour-shift", "-1"], "colour_shift must be a finite number >= 0"),
 ])
 def test_prototype_cli_bad_input(tmp_path, capsys, argv, message):
     rc = main(["prototype", "--model", "efficientnet-lite0", "--steps", "2", "--size", "64", "--quiet",
@@ -244,6 +245,20 @@ def test_prototype_cli_centre_reaches_the_recipe_and_is_recorded(tmp_path, capsy
     assert rc == 0 and "warning" not in capsys.readouterr().err
     meta = json.loads(next((tmp_path / "o").glob("94_*.json")).read_text())
     assert meta["settings"]["centre"] == 2.0 and meta["settings"]["alpha"] == 30.0
+
+
+def test_prototype_cli_colour_shift_reaches_the_regularizer_and_is_recorded(tmp_path, monkeypatch):
+    import regularizers
+
+    seen = []
+    init = regularizers.ColourShift.__init__
+    monkeypatch.setattr(regularizers.ColourShift, "__init__", lambda self, s: (seen.append(s), init(self, s))[1])
+    for shift, folder in (("0.1", "o"), ("0", "p")):
+        rc = main(["prototype", "--model", "efficientnet-lite0", "--classes", "94", "--steps", "1", "--size", "64",
+                   "--heldout", "0", "--quiet", "--colour-shift", shift, "--out", str(tmp_path / folder)])
+        record = json.loads(next((tmp_path / folder).glob("94_*.json")).read_text())
+        assert rc == 0 and record["settings"]["colour_shift"] == float(shift)
+    assert seen == [0.1]  # 0: no shift at all (the default recipe's own is 0.3)
 
 
 def test_prototype_cli_score_reaches_the_objective_and_is_recorded(tmp_path):

@@ -133,6 +133,8 @@ def test_colour_shift_scales_and_shifts_each_items_channels_within_its_range_see
     assert scale.log().abs().max() <= 0.3 + 1e-5 and offset.abs().max() <= 0.3 + 1e-5
     assert scale.log().abs().max() > 0.25 and offset.abs().max() > 0.25  # the whole range is drawn
     assert (scale[:, 0] - scale[:, 1]).abs().max() > 0.05  # channels shifted independently: colour, not brightness
+    assert (offset[:, 0] - offset[:, 2]).abs().max() > 0.05
+    assert scale[:, 0].std() > 0.05 and offset[:, 0].std() > 0.05  # and items independently
     with pytest.raises(ValueError, match="shift"):
         reg.ColourShift(0.0)
 
