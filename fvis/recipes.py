@@ -121,7 +121,7 @@ class Recipe:
         if not (self.init in ("random", "equidistant") or self.init.startswith("image:")):
             bad("init", self.init, "random | equidistant | image:PATH")
         if not (self.match in ("bn", "seed", "none") or self.match.startswith("images:")):
-            bad("match", self.match, "bn | images:DIR | seed | none")
+            bad("match", self.match, " | ".join(SOURCES))
         if self.match == "seed" and not self.init.startswith("image:"):
             bad("match", self.match, "used with init image:PATH (its own activations)")
         if self.score not in SCORES:

@@ -12,7 +12,7 @@ from ..models import load
 from ..params.transparent import BACKDROPS
 from ..prototype import make_prototypes, save_prototypes
 from ..recipes import (DEFAULT as DEFAULT_RECIPE, LR_SCHEDULES, MATCH_LAYERS, MATCH_OVER, MATCH_STATS, PARAMS, RECIPES,
-                       RELEVANCE_LAYERS, SCORES, get_recipe)
+                       RELEVANCE_LAYERS, SCORES, SOURCES, get_recipe)
 from ._args import (MODEL_HELP, add_execution_args, add_model_args, add_run_args, load_model, nonnegative_int,
                     positive_int, size)
 
@@ -54,7 +54,7 @@ def add_arguments(parser) -> None:
                         help=f"{' | '.join(RECIPES)} (default {DEFAULT_RECIPE}); the flags below override its settings")
     parser.add_argument("--per-class", type=positive_int, default=1, metavar="K", help="prototypes per class (diverse)")
     parser.add_argument("--steps", type=positive_int, help=f"optimization steps ({recipe_values('steps')})")
-    parser.add_argument("--match", metavar="bn|images:DIR|seed|none", help="natural-activation source")
+    parser.add_argument("--match", metavar="|".join(SOURCES), help="natural-activation source")
     parser.add_argument("--match-stat", choices=MATCH_STATS, help="match mean/std or whole sorted distributions")
     parser.add_argument("--match-over", choices=MATCH_OVER, help="statistics of each image or of the whole batch")
     parser.add_argument("--match-ratio", type=float, help="matching gradient norm / objective's at the start")
@@ -62,7 +62,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--relevance", type=float, metavar="SHARE", help="keep the gradient of only this share of "
                         "channels at each relevance layer, the most relevant to the loss by gradient x activation "
                         f"(VITAL's relevant information flow; 0: off; {recipe_values('relevance')})")
-    parser.add_argument("--relevance-layers", metavar="last|blocks|matched|L,L", help="where --relevance filters: the "
+    parser.add_argument("--relevance-layers", metavar="|".join(RELEVANCE_LAYERS) + "|L,L", help="where --relevance filters: the "
                         "last block's output (last, the default; on a model without EfficientNet blocks the last of "
                         "fvis evaluate's path layers), every block's output (blocks: measured on Lite0, the class does "
                         "not rise), the --match-layers (matched) or named layers")
